@@ -1,0 +1,1 @@
+"""AssetPay merchant backend."""

@@ -1,0 +1,229 @@
+"""The callback bodies AssetPay sends, parsed strictly enough to keep money exact and leniently enough to
+accept both API editions (upper-case statuses, ESCROW).
+
+Bodies are decoded with `parse_float=Decimal`, so a JSON number never passes through a float.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from assetpay_merchant.errors import AppError, fields_from_pydantic
+from assetpay_merchant.ledger.policy import Item, Status, TradeType, parse_status, parse_type
+from assetpay_merchant.money import ZERO, fits_money_column, format_money
+
+
+class InvalidJSON(ValueError):
+    pass
+
+
+def decode_json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw, parse_float=Decimal)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidJSON(str(exc)) from exc
+
+
+def _money(value: Decimal, field: str) -> Decimal:
+    if not value.is_finite():
+        raise ValueError(f"{field} must be a finite number")
+    if value < 0:
+        raise ValueError(f"{field} must not be negative")
+    if not fits_money_column(value):
+        raise ValueError(f"{field} has more digits than we can store exactly")
+    return value
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ItemOffer(_Lenient):
+    price: Decimal
+
+
+class TradeItem(_Lenient):
+    id: str
+    asset_id: str | None = Field(default=None, alias="assetId")
+    market_hash_name: str | None = Field(default=None, alias="marketHashName")
+    name: str | None = None
+    icon_url: str | None = Field(default=None, alias="iconUrl")
+    amount: Decimal = Decimal(1)
+    status: Status | None = None
+    error: str | None = None
+    offer: ItemOffer | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any) -> Any:
+        return parse_status(value) if isinstance(value, str) else value
+
+    @field_validator("amount")
+    @classmethod
+    def _amount(cls, value: Decimal) -> Decimal:
+        if value <= 0:
+            raise ValueError("amount must be positive")
+        return value
+
+    @property
+    def price(self) -> Decimal:
+        return self.offer.price if self.offer is not None else ZERO
+
+    def stored(self) -> dict[str, Any]:
+        """The item as we keep and show it: money as a decimal string, nothing AssetPay-internal."""
+        shown = {
+            "id": self.id,
+            "assetId": self.asset_id,
+            "marketHashName": self.market_hash_name,
+            "name": self.name,
+            "iconUrl": self.icon_url,
+            "price": format_money(self.price),
+            "amount": int(self.amount) if self.amount == self.amount.to_integral() else str(self.amount),
+            "status": self.status.value if self.status else None,
+            "error": self.error,
+        }
+        return {key: value for key, value in shown.items() if value is not None}
+
+
+class TradePayload(_Lenient):
+    """`{"trade": Trade}`: a trade event, or (withdraw + initiated) a request for our approval."""
+
+    id: str = Field(min_length=1, max_length=64)
+    type: TradeType
+    status: Status
+    total_price: Decimal = Field(alias="totalPrice")
+    pre_credit: Decimal | None = Field(default=None, alias="preCredit")
+    pending_credit: Decimal | None = Field(default=None, alias="pendingCredit")
+    external_id: str | None = Field(default=None, alias="externalId", max_length=128)
+    external_client_user_id: str | None = Field(default=None, alias="externalClientUserId", max_length=128)
+    client_steam_id: str | None = Field(default=None, alias="clientSteamID", max_length=32)
+    game: str = "730"
+    items: list[TradeItem] = Field(default_factory=list)
+    is_instant: bool | None = Field(default=None, alias="isInstant")
+    error: str | None = Field(default=None, max_length=64)
+    hold_end_date: datetime | None = Field(default=None, alias="holdEndDate")
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: Any) -> Any:
+        return parse_type(value) if isinstance(value, str) else value
+
+    @field_validator("status", mode="before")
+    @classmethod
+    def _status(cls, value: Any) -> Any:
+        return parse_status(value) if isinstance(value, str) else value
+
+    @field_validator("game", mode="before")
+    @classmethod
+    def _game(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("total_price")
+    @classmethod
+    def _total(cls, value: Decimal) -> Decimal:
+        return _money(value, "totalPrice")
+
+    @field_validator("pre_credit", "pending_credit")
+    @classmethod
+    def _credit(cls, value: Decimal | None) -> Decimal | None:
+        return None if value is None else _money(value, "credit")
+
+    @model_validator(mode="after")
+    def _credits_add_up(self) -> TradePayload:
+        if self.type is not TradeType.DEPOSIT:
+            return self
+        pre, pending = self.pre_credit, self.pending_credit
+        if pre is None and pending is None:
+            pre, pending = ZERO, self.total_price
+        elif pre is None:
+            pre = self.total_price - (pending or ZERO)
+        elif pending is None:
+            pending = self.total_price - pre
+        if pre < 0 or pending < 0 or pre + pending != self.total_price:
+            raise ValueError(
+                f"preCredit + pendingCredit must equal totalPrice ({pre} + {pending} != {self.total_price})"
+            )
+        self.pre_credit, self.pending_credit = pre, pending
+        return self
+
+    @property
+    def asks_for_approval(self) -> bool:
+        return self.type is TradeType.WITHDRAW and self.status is Status.INITIATED
+
+    def ledger_items(self) -> list[Item]:
+        return [Item(price=item.price, amount=item.amount, status=item.status) for item in self.items]
+
+
+class CallbackKind(StrEnum):
+    TRADE = "trade"
+    APPROVAL = "approval"
+    CRYPTO_WITHDRAWAL = "crypto_withdrawal"
+    CRYPTO_DEPOSIT = "crypto_deposit"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    kind: CallbackKind
+    body: Any
+    trade: TradePayload | None = None
+
+    @property
+    def subject_id(self) -> str | None:
+        """The id of what the callback is about (trade id, crypto withdrawal or deposit id), when it has one."""
+        if self.trade is not None:
+            return self.trade.id
+        inner = self.body.get(self.kind_key) if isinstance(self.body, dict) and self.kind_key else None
+        value = inner.get("id") if isinstance(inner, dict) else None
+        return str(value)[:128] if value is not None else None
+
+    @property
+    def kind_key(self) -> str | None:
+        return {
+            CallbackKind.CRYPTO_WITHDRAWAL: "withdrawal",
+            CallbackKind.CRYPTO_DEPOSIT: "deposit",
+        }.get(self.kind)
+
+
+class InvalidTrade(AppError):
+    """A trade callback we cannot apply: kept for review, nothing moved."""
+
+    status_code = 422
+    key = "INVALID_TRADE"
+
+
+def classify(body: Any) -> Callback:
+    """`trade`, then `withdrawal`, then `deposit`; anything else is unknown. Raises InvalidTrade for a bad trade."""
+    if not isinstance(body, dict):
+        return Callback(CallbackKind.UNKNOWN, body)
+    if isinstance(body.get("trade"), dict):
+        try:
+            trade = TradePayload.model_validate(body["trade"])
+        except ValidationError as exc:
+            fields = {f"trade.{path}": reason for path, reason in fields_from_pydantic(exc.errors()).items()}
+            raise InvalidTrade(
+                f"Trade callback rejected: {'; '.join(f'{k}: {v}' for k, v in fields.items())}", fields=fields
+            ) from exc
+        kind = CallbackKind.APPROVAL if trade.asks_for_approval else CallbackKind.TRADE
+        return Callback(kind, body, trade)
+    if isinstance(body.get("withdrawal"), dict):
+        return Callback(CallbackKind.CRYPTO_WITHDRAWAL, body)
+    if isinstance(body.get("deposit"), dict):
+        return Callback(CallbackKind.CRYPTO_DEPOSIT, body)
+    return Callback(CallbackKind.UNKNOWN, body)
+
+
+def is_test_ping(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("test") is True
