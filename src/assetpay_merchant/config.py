@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Development defaults: good enough on a laptop, refused anywhere else.
-DEV_AUTH_JWT_SECRET = "dev-auth-jwt-secret-change-me"  # noqa: S105
+DEV_AUTH_JWT_SECRET = "dev-auth-jwt-secret-change-me-before-production"  # noqa: S105
 DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
 SANDBOX_API_KEY = "ap_sandbox"
 SANDBOX_API_SECRET = "sandbox-api-secret"  # noqa: S105
@@ -84,7 +84,5 @@ class Settings(BaseSettings):
     def webhook_secrets(self) -> tuple[bytes, ...]:
         """The secrets a callback signature may be made with: the current one first, then the previous one."""
         current = self.assetpay_api_secret or SecretStr(SANDBOX_API_SECRET if self.uses_sandbox else "")
-        secrets = [
-            s.get_secret_value() for s in (current, self.assetpay_api_secret_previous) if s is not None
-        ]
+        secrets = [s.get_secret_value() for s in (current, self.assetpay_api_secret_previous) if s is not None]
         return tuple(s.encode() for s in secrets if s)

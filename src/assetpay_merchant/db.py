@@ -57,9 +57,7 @@ async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncItera
 class EmbeddedPostgres:
     """A real PostgreSQL started from the `pgserver` wheel, its data kept under `data_dir`."""
 
-    def __init__(
-        self, data_dir: Path, *, database: str = EMBEDDED_DATABASE, keep_running: bool = False
-    ) -> None:
+    def __init__(self, data_dir: Path, *, database: str = EMBEDDED_DATABASE, keep_running: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.database = database
         self.keep_running = keep_running
@@ -67,11 +65,12 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server, make sure the database exists, and return its URL."""
-        import pgserver  # heavy: only imported when the embedded database is really wanted
+        # Heavy, so imported only when the embedded database is really wanted.
+        from pgserver import get_server  # type: ignore[attr-defined]
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.data_dir)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode=None if self.keep_running else "stop")
+        self._server = get_server(self.data_dir, cleanup_mode=None if self.keep_running else "stop")
         exists = self._server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{self.database}';")  # noqa: S608
         if "(1 row)" not in exists:
             self._server.psql(f'CREATE DATABASE "{self.database}";')

@@ -80,9 +80,7 @@ def verify(
     timestamp = _parse_timestamp(parts["t"])
     skew = abs((now - timestamp).total_seconds())
     if skew > tolerance_seconds:
-        raise SignatureError(
-            "SIGNATURE_TIMESTAMP_EXPIRED", f"Signature timestamp is {skew:.0f} s away from now"
-        )
+        raise SignatureError("SIGNATURE_TIMESTAMP_EXPIRED", f"Signature timestamp is {skew:.0f} s away from now")
     if not secrets:
         raise SignatureError("SIGNATURE_MISMATCH", "No webhook secret is configured")
     received = [parts[name].encode() for name in _SIGNATURE_FIELDS if name in parts]

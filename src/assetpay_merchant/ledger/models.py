@@ -37,9 +37,7 @@ class LedgerEntry(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
-    trade_id: Mapped[uuid.UUID | None] = mapped_column(
-        UUID(as_uuid=True), ForeignKey("trades.id"), index=True
-    )
+    trade_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey("trades.id"), index=True)
     amount: Mapped[Decimal] = mapped_column(MoneyColumn)
     kind: Mapped[str] = mapped_column(String(16))
     balance_after: Mapped[Decimal] = mapped_column(MoneyColumn)

@@ -50,10 +50,7 @@ _RANK = {
     Status.PENDING: 1,
     Status.ACTIVE: 2,
     Status.HOLD: 3,
-    **{
-        s: FINAL_RANK
-        for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.DECLINED, Status.REVERTED)
-    },
+    **{s: FINAL_RANK for s in (Status.COMPLETED, Status.FAILED, Status.CANCELED, Status.DECLINED, Status.REVERTED)},
 }
 FAILURES = frozenset({Status.FAILED, Status.CANCELED, Status.DECLINED, Status.REVERTED})
 IN_FLIGHT = frozenset(s for s in Status if not s.is_final)
@@ -115,9 +112,7 @@ def withdrawal_charge(base: Decimal, items: Sequence[Item]) -> Decimal:
     """What a withdrawal costs the user: `base`, or less when some items failed (the rest is refunded)."""
     if not any(item.status is not None and item.status.is_failure for item in items):
         return base
-    alive = sum(
-        (item.value for item in items if item.status is None or not item.status.is_failure), start=ZERO
-    )
+    alive = sum((item.value for item in items if item.status is None or not item.status.is_failure), start=ZERO)
     return min(base, alive)
 
 
@@ -188,9 +183,7 @@ class Verdict:
         return cls(VerdictAction.REJECT, reason)
 
 
-def approval_verdict(
-    *, user_known: bool, charge: Decimal, authorised: Decimal | None, available: Decimal
-) -> Verdict:
+def approval_verdict(*, user_known: bool, charge: Decimal, authorised: Decimal | None, available: Decimal) -> Verdict:
     """Whether to approve a withdrawal: a known user, within what they authorised, covered by their balance."""
     if not user_known:
         return Verdict.reject("unknown user")
@@ -216,9 +209,7 @@ def _item_rank(item: Mapping[str, Any]) -> int:
         return _UNRANKED
 
 
-def merge_items(
-    known: Iterable[Mapping[str, Any]], incoming: Iterable[Mapping[str, Any]]
-) -> list[dict[str, Any]]:
+def merge_items(known: Iterable[Mapping[str, Any]], incoming: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Merge item lists by id, each item keeping its most advanced status, so arrival order does not matter.
 
     A final item status is never replaced by another one.

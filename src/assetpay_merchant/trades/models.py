@@ -25,9 +25,7 @@ class Trade(Base):
     __table_args__ = (
         CheckConstraint(_in("type", [t.value for t in TradeType]), name="type_known"),
         CheckConstraint(_in("status", [s.value for s in Status]), name="status_known"),
-        CheckConstraint(
-            "total_price >= 0 AND pre_credit >= 0 AND pending_credit >= 0", name="amounts_positive"
-        ),
+        CheckConstraint("total_price >= 0 AND pre_credit >= 0 AND pending_credit >= 0", name="amounts_positive"),
         CheckConstraint("authorized_amount IS NULL OR authorized_amount > 0", name="authorized_positive"),
         CheckConstraint("approved_amount IS NULL OR approved_amount > 0", name="approved_positive"),
         CheckConstraint("needs_review OR review_reason IS NULL", name="review_reason_needs_flag"),

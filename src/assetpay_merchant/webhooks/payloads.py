@@ -145,11 +145,9 @@ class TradePayload(_Lenient):
         if self.type is not TradeType.DEPOSIT:
             return self
         pre, pending = self.pre_credit, self.pending_credit
-        if pre is None and pending is None:
-            pre, pending = ZERO, self.total_price
-        elif pre is None:
-            pre = self.total_price - (pending or ZERO)
-        elif pending is None:
+        if pre is None:
+            pre = ZERO if pending is None else self.total_price - pending
+        if pending is None:
             pending = self.total_price - pre
         if pre < 0 or pending < 0 or pre + pending != self.total_price:
             raise ValueError(

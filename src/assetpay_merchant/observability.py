@@ -1,0 +1,45 @@
+"""Logging set-up and the Prometheus metrics every part of the service reports to."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Histogram
+
+WEBHOOK_DELIVERIES = Counter(
+    "assetpay_webhook_deliveries_total", "AssetPay callbacks received, by kind and outcome", ["kind", "outcome"]
+)
+WEBHOOK_SECONDS = Histogram(
+    "assetpay_webhook_seconds",
+    "Time to verify, apply and commit one AssetPay callback",
+    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LEDGER_POSTINGS = Counter("ledger_postings_total", "Ledger entries posted, by kind", ["kind"])
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,115 @@
+"""`PUT /v1/users/{user_id}` (the merchant platform) and `GET /v1/me` (the end user)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from assetpay_merchant.auth import AdminOnly, UserId
+from assetpay_merchant.deps import SessionDep, SettingsDep
+from assetpay_merchant.errors import NotFound
+from assetpay_merchant.ledger.api import BalanceOut, balance_of
+from assetpay_merchant.users.models import STEAM_ID_PATTERN, TRADE_URL_PATTERN, User
+from assetpay_merchant.users.service import adopt_trades, upsert_user
+
+router = APIRouter(prefix="/v1", tags=["users"])
+
+
+class ClientData(BaseModel):
+    """What AssetPay's risk model may know of the user; it must come from the platform, never the browser."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    total_wager: Decimal | None = Field(default=None, ge=0, alias="totalWager", allow_inf_nan=False)
+    registration_date: datetime | None = Field(default=None, alias="registrationDate")
+    kyc_hash: str | None = Field(default=None, alias="kycHash", max_length=256)
+    kyc_level: int | None = Field(default=None, ge=0, alias="kycLevel")
+    fiat_deposits: bool | None = Field(default=None, alias="fiatDeposits")
+    crypto_deposits: bool | None = Field(default=None, alias="cryptoDeposits")
+
+
+class UserIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "steamId": "76561198000000001",
+                    "tradeUrl": "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12",
+                    "clientData": {"totalWager": 1250.5, "kycLevel": 1, "fiatDeposits": True},
+                }
+            ]
+        },
+    )
+
+    steamId: str = Field(pattern=STEAM_ID_PATTERN, description="SteamID64 of the user's Steam account")
+    tradeUrl: str = Field(pattern=TRADE_URL_PATTERN, description="The user's Steam trade offer URL")
+    clientData: ClientData | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    steamId: str
+    tradeUrl: str
+    clientData: dict[str, Any]
+    createdAt: datetime
+    updatedAt: datetime
+
+    @classmethod
+    def of(cls, user: User) -> UserOut:
+        return cls(
+            id=user.id,
+            steamId=user.steam_id,
+            tradeUrl=user.trade_url,
+            clientData=user.client_data,
+            createdAt=user.created_at,
+            updatedAt=user.updated_at,
+        )
+
+
+class MeOut(BaseModel):
+    id: str
+    steamId: str
+    tradeUrl: str
+    balance: BalanceOut
+    createdAt: datetime
+
+
+UserIdPath = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")]
+
+
+@router.put(
+    "/users/{user_id}",
+    dependencies=[AdminOnly],
+    summary="Create or update a user (merchant platform, X-Admin-Key)",
+    responses={201: {"model": UserOut, "description": "Created"}, 409: {"description": "Steam id taken"}},
+)
+async def put_user(user_id: UserIdPath, body: UserIn, session: SessionDep, response: Response) -> UserOut:
+    client_data = (
+        body.clientData.model_dump(mode="json", by_alias=True, exclude_unset=True) if body.clientData else None
+    )
+    user, created = await upsert_user(
+        session, user_id=user_id, steam_id=body.steamId, trade_url=body.tradeUrl, client_data=client_data
+    )
+    await adopt_trades(session, user)
+    await session.commit()
+    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    return UserOut.of(user)
+
+
+@router.get("/me", summary="The signed-in user's profile and balance", responses={404: {"description": "Unknown"}})
+async def me(user_id: UserId, session: SessionDep, settings: SettingsDep) -> MeOut:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("No such user: the platform registers users with PUT /v1/users/{id}", key="USER_NOT_FOUND")
+    return MeOut(
+        id=user.id,
+        steamId=user.steam_id,
+        tradeUrl=user.trade_url,
+        balance=await balance_of(session, user_id, settings.currency),
+        createdAt=user.created_at,
+    )
