@@ -64,13 +64,14 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
         algorithm="HS256",
     )
     base = f"http://{args.host}:{args.port}"
+    admin_key = settings.admin_api_key.get_secret_value()
     print(
         f"\nAssetPay merchant backend (development) on {base}\n"
         f"  API docs          {base}/docs\n"
         f"  AssetPay          {'built-in sandbox' if settings.uses_sandbox else settings.assetpay_base_url}\n"
-        f"  X-Admin-Key       {settings.admin_api_key.get_secret_value()}\n"
+        f"  X-Admin-Key       {admin_key}\n"
         f"  demo user JWT     {token}\n"
-        f"  register it:      curl -X PUT {base}/v1/users/{DEMO_USER} -H 'X-Admin-Key: ...' "
+        f"  register it:      curl -X PUT {base}/v1/users/{DEMO_USER} -H 'X-Admin-Key: {admin_key}' "
         '-H \'Content-Type: application/json\' -d \'{"steamId": "76561198000000001", '
         '"tradeUrl": "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12"}\'\n',
         flush=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server, make sure the database exists, and return its URL."""
-        # Heavy, so imported only when the embedded database is really wanted.
-        from pgserver import get_server  # type: ignore[attr-defined]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # platformdirs warns about XDG_RUNTIME_DIR on servers; harmless here
+            # Heavy, so imported only when the embedded database is really wanted.
+            from pgserver import get_server  # type: ignore[attr-defined]
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log.info("starting embedded PostgreSQL in %s", self.data_dir)

@@ -43,3 +43,5 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # pgserver narrates every command it runs at INFO; its warnings still come through.
+    logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,105 @@
+"""The quick start, for real: `assetpay-merchant dev` with no DATABASE_URL and no AssetPay credentials.
+
+Starts it on a free port with an empty data directory, waits until it is ready, then registers a user, delivers a
+callback signed with the sandbox secret and reads the balance back. Stops the server whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import jwt
+import simplejson
+
+from assetpay_merchant.config import DEV_ADMIN_API_KEY, DEV_AUTH_JWT_SECRET, SANDBOX_API_SECRET
+from assetpay_merchant.gateway.signature import signature_header
+
+STARTUP_SECONDS = 180
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"assetpay-merchant dev exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("assetpay-merchant dev did not become ready in time")
+
+
+def exercise(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=10) as http:
+        ping = http.post("/webhooks/assetpay", json={"test": True, "message": "ping"})
+        assert ping.status_code == 200, ping.text
+        profile = {
+            "steamId": "76561198000000001",
+            "tradeUrl": "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12",
+        }
+        created = http.put("/v1/users/smoke", json=profile, headers={"X-Admin-Key": DEV_ADMIN_API_KEY})
+        assert created.status_code in (200, 201), created.text
+        trade = {
+            "id": str(uuid.uuid4()),
+            "type": "deposit",
+            "status": "hold",
+            "totalPrice": Decimal("10.75"),
+            "preCredit": Decimal("4.25"),
+            "pendingCredit": Decimal("6.50"),
+            "externalClientUserId": "smoke",
+        }
+        body = simplejson.dumps({"trade": trade}, use_decimal=True).encode()
+        timestamp = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        header = signature_header(SANDBOX_API_SECRET.encode(), f"smoke-{uuid.uuid4()}", timestamp, body)
+        delivered = http.post(
+            "/webhooks/assetpay",
+            content=body,
+            headers={"X-AssetPay-Signature": header, "Content-Type": "application/json"},
+        )
+        assert delivered.status_code == 200, delivered.text
+        token = jwt.encode({"sub": "smoke", "exp": int(time.time()) + 60}, DEV_AUTH_JWT_SECRET, algorithm="HS256")
+        balance = http.get("/v1/balance", headers={"Authorization": f"Bearer {token}"}).json()
+        assert balance == {"available": "4.25", "pending": "6.50", "currency": "USD"}, balance
+        print(f"smoke ok: ping answered, deposit pre-credited, balance {balance}")
+
+
+def main() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ASSETPAY_", "ENVIRONMENT"))}
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="assetpay-smoke-") as data_dir:
+        env["DATA_DIR"] = data_dir
+        cli = Path(sys.executable).with_name("assetpay-merchant")
+        process = subprocess.Popen([str(cli), "dev", "--port", str(port)], env=env)  # noqa: S603
+        try:
+            wait_ready(base, process)
+            exercise(base)
+        finally:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+if __name__ == "__main__":
+    main()
