@@ -1,0 +1,41 @@
+"""Everything that talks to AssetPay: the client, client tokens, and the callback signature check."""
+
+from assetpay_merchant.gateway.client import AssetPayClient, RetryPolicy, create_http_client
+from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey
+from assetpay_merchant.gateway.models import (
+    CancelledItem,
+    CancelResult,
+    Collateral,
+    DepositItem,
+    Game,
+    Inventory,
+    Item,
+    ItemOffer,
+    MarketPage,
+    Trade,
+    WithdrawItem,
+)
+from assetpay_merchant.gateway.tokens import ClientIdentity, ClientToken, mint_client_token
+
+__all__ = [
+    "REFUSAL_KEYS",
+    "AssetPayClient",
+    "AssetPayError",
+    "CancelResult",
+    "CancelledItem",
+    "ClientIdentity",
+    "ClientToken",
+    "Collateral",
+    "DepositItem",
+    "ErrorKey",
+    "Game",
+    "Inventory",
+    "Item",
+    "ItemOffer",
+    "MarketPage",
+    "RetryPolicy",
+    "Trade",
+    "WithdrawItem",
+    "create_http_client",
+    "mint_client_token",
+]

@@ -1,0 +1,113 @@
+"""The one exception the AssetPay client raises, and the error keys worth branching on (ASSETPAY.md §8).
+
+Branch on `key`, never on `message`. Keys AssetPay sends come through unchanged; the client adds a few of its own for
+what happens before or around a response (`NETWORK_ERROR`, `TIMEOUT`, `UNEXPECTED_RESPONSE`, `NOT_CONFIGURED`, and
+`VALIDATION_FAILED` for input refused before any request).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorKey(StrEnum):
+    # AssetPay's keys
+    EXTERNAL_ID_EXISTS = "EXTERNAL_ID_EXISTS"
+    INVALID_TOKEN = "INVALID_TOKEN"  # noqa: S105 (an error key, not a credential)
+    RATE_LIMITED = "RATE_LIMITED"
+    TOO_MANY_ACTIVE_TRADES = "TOO_MANY_ACTIVE_TRADES"
+    PRICE_CHANGED = "PRICE_CHANGED"
+    ITEMS_UNAVAILABLE = "ITEMS_UNAVAILABLE"
+    USER_NOT_TRADEABLE = "USER_NOT_TRADEABLE"
+    INVALID_TRADEURL = "INVALID_TRADEURL"
+    INVENTORY_PRIVATE = "INVENTORY_PRIVATE"
+    STEAM_UNAVAILABLE = "STEAM_UNAVAILABLE"
+    NO_BOTS_AVAILABLE = "NO_BOTS_AVAILABLE"
+    DEPOSITS_PAUSED = "DEPOSITS_PAUSED"
+    WITHDRAWALS_PAUSED = "WITHDRAWALS_PAUSED"
+    MERCHANT_BALANCE_LOW = "MERCHANT_BALANCE_LOW"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
+    SYSTEM_MAINTENANCE = "SYSTEM_MAINTENANCE"
+    NOT_FOUND = "NOT_FOUND"
+    FLEET_DEGRADED = "FLEET_DEGRADED"
+    DEPOSIT_IN_PROGRESS = "DEPOSIT_IN_PROGRESS"
+    WITHDRAW_IN_PROGRESS = "WITHDRAW_IN_PROGRESS"
+    # The client's own
+    NETWORK_ERROR = "NETWORK_ERROR"
+    TIMEOUT = "TIMEOUT"
+    UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
+    NOT_CONFIGURED = "NOT_CONFIGURED"
+
+
+REFUSAL_KEYS = frozenset({ErrorKey.FLEET_DEGRADED, ErrorKey.DEPOSIT_IN_PROGRESS, ErrorKey.WITHDRAW_IN_PROGRESS})
+"""Refused before anything happened: safe to retry, even a trade-creating write."""
+
+
+class AssetPayError(Exception):
+    """A call to AssetPay did not give a usable answer.
+
+    `status` is AssetPay's HTTP status (None when no response came back). `ambiguous` is True when the request may
+    have taken effect although we could not see it (a timeout, a dropped connection, an unexplained 5xx, or a trade
+    write that could not be settled): the caller must keep what it recorded and reconcile later. `retry_after` is
+    the server's Retry-After in seconds, when it sent one. `request_id` is AssetPay's `requestId`, or the
+    `x-request-id` we sent when no envelope came back.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        message: str,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        fields: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+        request_id: str | None = None,
+        ambiguous: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.key = str(key)  # a plain string, also for ErrorKey members
+        self.message = message
+        self.status = status
+        self.code = code
+        self.fields = dict(fields) if fields else None
+        self.details = dict(details) if details else None
+        self.request_id = request_id
+        self.ambiguous = ambiguous
+        self.retry_after = retry_after
+
+    def as_ambiguous(self, note: str) -> AssetPayError:
+        """The same error, marked as an unknown outcome (the original stays the cause)."""
+        error = AssetPayError(
+            self.key,
+            f"{self.message} ({note})",
+            status=self.status,
+            code=self.code,
+            fields=self.fields,
+            details=self.details,
+            request_id=self.request_id,
+            ambiguous=True,
+            retry_after=self.retry_after,
+        )
+        error.__cause__ = self
+        return error
+
+    def __str__(self) -> str:
+        where = f"HTTP {self.status}" if self.status is not None else "no response"
+        suffix = ", outcome unknown" if self.ambiguous else ""
+        return f"{self.key} ({where}{suffix}): {self.message}"
+
+    def __repr__(self) -> str:
+        return (
+            f"AssetPayError(key={self.key!r}, status={self.status!r}, code={self.code!r}, "
+            f"request_id={self.request_id!r}, ambiguous={self.ambiguous!r}, retry_after={self.retry_after!r})"
+        )
+
+
+def invalid(fields: Mapping[str, str]) -> AssetPayError:
+    """Input refused before any request was made (nothing was sent, so never ambiguous)."""
+    names = ", ".join(list(fields)[:5])
+    return AssetPayError(ErrorKey.VALIDATION_FAILED, f"Invalid input: {names}", fields=fields)
