@@ -31,9 +31,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(length=128), nullable=False),
         sa.Column("steam_id", sa.String(length=17), nullable=False),
         sa.Column("trade_url", sa.Text(), nullable=False),
-        sa.Column(
-            "client_data", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False
-        ),
+        sa.Column("client_data", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint("steam_id ~ '^76561\\d{12}$'", name=op.f("ck_users_steam_id_format")),
@@ -78,15 +76,11 @@ def upgrade() -> None:
             name=op.f("ck_trades_status_known"),
         ),
         sa.CheckConstraint("type IN ('deposit', 'withdraw')", name=op.f("ck_trades_type_known")),
-        sa.CheckConstraint(
-            "approved_amount IS NULL OR approved_amount > 0", name=op.f("ck_trades_approved_positive")
-        ),
+        sa.CheckConstraint("approved_amount IS NULL OR approved_amount > 0", name=op.f("ck_trades_approved_positive")),
         sa.CheckConstraint(
             "authorized_amount IS NULL OR authorized_amount > 0", name=op.f("ck_trades_authorized_positive")
         ),
-        sa.CheckConstraint(
-            "needs_review OR review_reason IS NULL", name=op.f("ck_trades_review_reason_needs_flag")
-        ),
+        sa.CheckConstraint("needs_review OR review_reason IS NULL", name=op.f("ck_trades_review_reason_needs_flag")),
         sa.CheckConstraint(
             "total_price >= 0 AND pre_credit >= 0 AND pending_credit >= 0",
             name=op.f("ck_trades_amounts_positive"),
@@ -125,12 +119,8 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "verdict = 'approve' OR reason IS NOT NULL", name=op.f("ck_approval_verdicts_reject_has_reason")
         ),
-        sa.CheckConstraint(
-            "verdict IN ('approve', 'reject')", name=op.f("ck_approval_verdicts_verdict_known")
-        ),
-        sa.ForeignKeyConstraint(
-            ["trade_id"], ["trades.id"], name=op.f("fk_approval_verdicts_trade_id_trades")
-        ),
+        sa.CheckConstraint("verdict IN ('approve', 'reject')", name=op.f("ck_approval_verdicts_verdict_known")),
+        sa.ForeignKeyConstraint(["trade_id"], ["trades.id"], name=op.f("fk_approval_verdicts_trade_id_trades")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_approval_verdicts")),
         sa.UniqueConstraint("subject", "subject_id", name=op.f("uq_approval_verdicts_subject")),
     )
@@ -162,7 +152,7 @@ def upgrade() -> None:
     op.create_table(
         "webhook_deliveries",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
-        sa.Column("delivery_id", sa.String(length=128), nullable=False),
+        sa.Column("delivery_id", sa.Text(), nullable=False),
         sa.Column("kind", sa.String(length=32), nullable=False),
         sa.Column("outcome", sa.String(length=32), nullable=False),
         sa.Column("detail", sa.Text(), nullable=True),
@@ -171,15 +161,11 @@ def upgrade() -> None:
         sa.Column("signed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("received_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("raw_body", sa.Text(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["trade_id"], ["trades.id"], name=op.f("fk_webhook_deliveries_trade_id_trades")
-        ),
+        sa.ForeignKeyConstraint(["trade_id"], ["trades.id"], name=op.f("fk_webhook_deliveries_trade_id_trades")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_webhook_deliveries")),
         sa.UniqueConstraint("delivery_id", name=op.f("uq_webhook_deliveries_delivery_id")),
     )
-    op.create_index(
-        op.f("ix_webhook_deliveries_subject_id"), "webhook_deliveries", ["subject_id"], unique=False
-    )
+    op.create_index(op.f("ix_webhook_deliveries_subject_id"), "webhook_deliveries", ["subject_id"], unique=False)
     # The ledger is append-only: corrections are new entries, never edits.
     op.execute(APPEND_ONLY_FUNCTION)
     op.execute(

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     auth_jwt_secret: SecretStr = SecretStr(DEV_AUTH_JWT_SECRET)
     admin_api_key: SecretStr = SecretStr(DEV_ADMIN_API_KEY)
 
+    assetpay_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    assetpay_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    assetpay_max_connections: int = Field(default=50, ge=1)
+    market_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     currency: str = "USD"
     log_level: str = "INFO"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
+import httpx
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from assetpay_merchant.catalog.cache import SingleFlight, TTLCache
 from assetpay_merchant.config import Settings
 from assetpay_merchant.db import EmbeddedPostgres
+from assetpay_merchant.gateway import AssetPayClient, Inventory
 
 
 def utc_now() -> datetime:
@@ -23,6 +26,10 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    http: httpx.AsyncClient
+    assetpay: AssetPayClient
+    market_cache: TTLCache[bytes]
+    inventory_flights: SingleFlight[Inventory] = field(default_factory=SingleFlight)
     embedded: EmbeddedPostgres | None = None
     clock: Callable[[], datetime] = utc_now
 

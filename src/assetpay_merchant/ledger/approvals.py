@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,16 +24,18 @@ async def stored_verdict(session: AsyncSession, *, subject: str, subject_id: str
     return policy.Verdict(policy.VerdictAction(row.verdict), row.reason) if row is not None else None
 
 
-async def decide_withdrawal(session: AsyncSession, trade: Trade) -> tuple[policy.Verdict, Posting | None]:
+async def decide_withdrawal(
+    session: AsyncSession, trade: Trade, *, charge: Decimal
+) -> tuple[policy.Verdict, Posting | None]:
     """The verdict for a locked withdrawal; on approve the debit is posted in the same transaction.
 
     Asked again (every retry has a new delivery id), it returns the stored verdict and posts nothing.
+    `charge` is the price AssetPay asks to approve (our record may still hold the price the user quoted).
     """
     assert trade.assetpay_id is not None
     previous = await stored_verdict(session, subject="trade", subject_id=trade.assetpay_id)
     if previous is not None:
         return previous, None
-    charge = trade.total_price
     available = await lock_balance(session, trade.user_id) if trade.user_id is not None else ZERO
     verdict = policy.approval_verdict(
         user_known=trade.user_id is not None,

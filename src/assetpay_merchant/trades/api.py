@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select, tuple_
 
+from assetpay_merchant import idempotency
 from assetpay_merchant.auth import UserId
-from assetpay_merchant.deps import SessionDep
-from assetpay_merchant.errors import NotFound, ValidationFailed
+from assetpay_merchant.catalog.api import GameId
+from assetpay_merchant.deps import Resources, ResourcesDep, SessionDep
+from assetpay_merchant.errors import AppError, NotFound, ValidationFailed
+from assetpay_merchant.gateway import DepositItem, WithdrawItem
 from assetpay_merchant.ledger.policy import Status, TradeType
 from assetpay_merchant.money import Money
 from assetpay_merchant.pagination import Cursor, Limit, decode_cursor, encode_cursor
+from assetpay_merchant.routing import ExactJSONRoute
+from assetpay_merchant.trades import trading
 from assetpay_merchant.trades.models import Trade
+from assetpay_merchant.trades.trading import Started
 
-router = APIRouter(prefix="/v1", tags=["trades"])
+router = APIRouter(prefix="/v1", tags=["trades"], route_class=ExactJSONRoute)
 
 
 class TradeOut(BaseModel):
@@ -106,3 +114,186 @@ async def get_trade(trade_id: str, user_id: UserId, session: SessionDep) -> Trad
     if trade is None or trade.user_id != user_id:
         raise NotFound("No such trade", key="TRADE_NOT_FOUND")
     return TradeOut.of(trade)
+
+
+class DepositItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    itemId: str = Field(min_length=5, max_length=256, description="`id` of the item in GET /v1/inventory")
+    price: Decimal = Field(gt=0, max_digits=24, decimal_places=8, description="The item's current inventory price")
+    amount: int | None = Field(default=None, ge=1, le=10_000, description="For stackable (Rust) items")
+
+
+class DepositIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"itemId": "a1b2c3d4e5", "price": "10.75"}], "game": "730"}]},
+    )
+
+    items: list[DepositItemIn] = Field(min_length=1, max_length=250)
+    game: GameId = GameId.CS2
+    isInstant: bool = Field(default=True, description="Credit the instant part (preCredit) when the trade is held")
+
+
+class WithdrawItemIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    itemId: str = Field(min_length=5, max_length=256, description="`id` of the listing in GET /v1/market")
+    price: Decimal = Field(gt=0, le=100_000, max_digits=24, decimal_places=8, description="The price shown")
+    maxPrice: Decimal | None = Field(
+        default=None, gt=0, le=100_000, max_digits=24, decimal_places=8, description="The most the user will pay"
+    )
+
+    @model_validator(mode="after")
+    def _ceiling(self) -> WithdrawItemIn:
+        if self.maxPrice is not None and self.maxPrice < self.price:
+            raise ValueError("maxPrice must not be below price")
+        return self
+
+
+class WithdrawIn(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"itemId": "listing-123", "price": "4.20", "maxPrice": "4.40"}]}]},
+    )
+
+    items: list[WithdrawItemIn] = Field(min_length=1, max_length=50)
+    game: GameId = GameId.CS2
+
+
+class TradeCreated(TradeOut):
+    relatedTrades: list[TradeOut] = Field(
+        default_factory=list, description="Other offers AssetPay split the basket into, each a trade of its own"
+    )
+
+    @classmethod
+    def of_started(cls, started: Started) -> TradeCreated:
+        return cls(
+            **TradeOut.of(started.trade).model_dump(),
+            relatedTrades=[TradeOut.of(t) for t in started.related],
+        )
+
+
+class CancelOut(BaseModel):
+    tradeId: str
+    requested: int
+    cancelled: int
+    failed: int
+    items: list[dict[str, Any]]
+
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=idempotency.MAX_KEY_LENGTH,
+        description="Retry-safe key: the same key and body return the first answer",
+    ),
+]
+
+TRADE_ERRORS: dict[int | str, dict[str, Any]] = {
+    402: {"description": "INSUFFICIENT_BALANCE: the balance does not cover the withdrawal"},
+    404: {"description": "USER_NOT_FOUND: the platform has not registered the user"},
+    409: {"description": "PRICE_CHANGED, ITEMS_UNAVAILABLE, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, ..."},
+    422: {"description": "VALIDATION_FAILED, with `fields`"},
+    429: {"description": "TOO_MANY_ACTIVE_TRADES or RATE_LIMITED (Retry-After)"},
+    502: {"description": "AssetPay failed; OUTCOME_UNKNOWN carries the recorded `tradeId`"},
+    503: {"description": "Deposits/withdrawals paused, maintenance, Steam unavailable"},
+    504: {"description": "AssetPay did not answer in time; the trade is recorded (`tradeId`)"},
+}
+
+
+async def _create(
+    request: Request,
+    resources: Resources,
+    *,
+    user_id: str,
+    body: BaseModel,
+    order: trading.Order,
+    key: str | None,
+) -> JSONResponse:
+    """Start a trade, honouring Idempotency-Key: definitive answers are stored for the key; an unknown outcome
+    frees the key, and a retry with it carries on with the trade already recorded."""
+    now = resources.clock()
+    claim = None
+    if key is not None:
+        outcome = await idempotency.claim(
+            resources.sessions,
+            user_id=user_id,
+            key=key,
+            fingerprint=idempotency.fingerprint(request.url.path, body.model_dump(mode="json")),
+            now=now,
+        )
+        if isinstance(outcome, idempotency.Replay):
+            return JSONResponse(outcome.body, status_code=outcome.status, headers={"Idempotent-Replayed": "true"})
+        claim = outcome
+    try:
+        started = await trading.start(
+            resources.sessions, resources.assetpay, user_id=user_id, order=order, claim=claim, now=now
+        )
+    except AppError as error:
+        if claim is not None:
+            retryable = error.status_code >= 500 or error.status_code == 429
+            if retryable:
+                await idempotency.release(resources.sessions, claim)
+            else:
+                await idempotency.finish(resources.sessions, claim, status=error.status_code, body=error.body())
+        raise
+    except BaseException:
+        if claim is not None:
+            await idempotency.release(resources.sessions, claim)
+        raise
+    answer = TradeCreated.of_started(started).model_dump(mode="json")
+    if claim is not None:
+        await idempotency.finish(resources.sessions, claim, status=201, body=answer)
+    return JSONResponse(answer, status_code=201)
+
+
+@router.post(
+    "/deposits",
+    status_code=201,
+    response_model=TradeCreated,
+    summary="Start a deposit: the user sells skins for balance",
+    responses=TRADE_ERRORS,
+)
+async def create_deposit(
+    body: DepositIn, request: Request, user_id: UserId, resources: ResourcesDep, key: IdempotencyKeyHeader = None
+) -> JSONResponse:
+    order = trading.DepositOrder(
+        items=[DepositItem(i.itemId, i.price, i.amount) for i in body.items],
+        game=int(body.game),
+        is_instant=body.isInstant,
+    )
+    return await _create(request, resources, user_id=user_id, body=body, order=order, key=key)
+
+
+@router.post(
+    "/withdrawals",
+    status_code=201,
+    response_model=TradeCreated,
+    summary="Start a withdrawal: the user buys skins with balance",
+    responses=TRADE_ERRORS,
+)
+async def create_withdrawal(
+    body: WithdrawIn, request: Request, user_id: UserId, resources: ResourcesDep, key: IdempotencyKeyHeader = None
+) -> JSONResponse:
+    order = trading.WithdrawOrder(
+        items=[WithdrawItem(i.itemId, i.price, i.maxPrice) for i in body.items], game=int(body.game)
+    )
+    return await _create(request, resources, user_id=user_id, body=body, order=order, key=key)
+
+
+@router.post(
+    "/withdrawals/{trade_id}/cancel",
+    summary="Cancel what can still be cancelled of a withdrawal (refunds arrive as the trade updates)",
+    responses={404: {"description": "Not the user's withdrawal"}, 409: {"description": "TRADE_FINAL"}},
+)
+async def cancel_withdrawal(trade_id: str, user_id: UserId, resources: ResourcesDep) -> CancelOut:
+    result = await trading.cancel_withdrawal(resources.sessions, resources.assetpay, user_id=user_id, trade_id=trade_id)
+    return CancelOut(
+        tradeId=result.trade_id,
+        requested=result.requested,
+        cancelled=result.cancelled,
+        failed=result.failed,
+        items=[item.model_dump(by_alias=True, exclude_none=True, mode="json") for item in result.items],
+    )

@@ -96,10 +96,13 @@ def merge_callback(trade: Trade, payload: TradePayload) -> Transition:
     """Fold what a callback says into the locked trade. Older news never moves a trade back.
 
     A newer status brings its amounts with it; items merge one by one, each keeping its most advanced status;
-    a different final status after a final one is kept for review and not applied.
+    a different final status after a final one is kept for review and not applied. The first word from AssetPay
+    on a trade we recorded ourselves replaces our provisional amounts and items with AssetPay's.
     """
-    if trade.assetpay_id is None:
+    first_word = trade.assetpay_id is None
+    if first_word:
         trade.assetpay_id = payload.id
+        trade.items = []
     step = transition(Status(trade.status), payload.status)
     if step is Transition.CONFLICT:
         trade.flag(f"received {payload.status.value} after final status {trade.status}")
@@ -108,15 +111,20 @@ def merge_callback(trade: Trade, payload: TradePayload) -> Transition:
     merged = merge_items(trade.items, incoming_items)
     if merged != trade.items:
         trade.items = merged
-    if step is Transition.ADVANCE:
-        trade.status = payload.status.value
-        trade.total_price = payload.total_price
-        if payload.pre_credit is not None:
-            trade.pre_credit = payload.pre_credit
-        if payload.pending_credit is not None:
-            trade.pending_credit = payload.pending_credit
-        trade.error = payload.error or trade.error
-        trade.hold_end_date = payload.hold_end_date or trade.hold_end_date
-        if payload.is_instant is not None:
-            trade.is_instant = payload.is_instant
+    if step is Transition.ADVANCE or first_word:
+        _adopt(trade, payload)
     return step
+
+
+def _adopt(trade: Trade, payload: TradePayload) -> None:
+    trade.status = payload.status.value
+    trade.game = payload.game
+    trade.total_price = payload.total_price
+    if payload.pre_credit is not None:
+        trade.pre_credit = payload.pre_credit
+    if payload.pending_credit is not None:
+        trade.pending_credit = payload.pending_credit
+    trade.error = payload.error or trade.error
+    trade.hold_end_date = payload.hold_end_date or trade.hold_end_date
+    if payload.is_instant is not None:
+        trade.is_instant = payload.is_instant

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from assetpay_merchant.auth import AdminOnly, UserId
-from assetpay_merchant.deps import SessionDep, SettingsDep
-from assetpay_merchant.errors import NotFound
+from assetpay_merchant.deps import ResourcesDep, SessionDep, SettingsDep
 from assetpay_merchant.ledger.api import BalanceOut, balance_of
+from assetpay_merchant.routing import ExactJSONRoute
+from assetpay_merchant.trades.trading import identity_of, load_user
 from assetpay_merchant.users.models import STEAM_ID_PATTERN, TRADE_URL_PATTERN, User
 from assetpay_merchant.users.service import adopt_trades, upsert_user
 
-router = APIRouter(prefix="/v1", tags=["users"])
+router = APIRouter(prefix="/v1", tags=["users"], route_class=ExactJSONRoute)
 
 
 class ClientData(BaseModel):
@@ -103,9 +104,7 @@ async def put_user(user_id: UserIdPath, body: UserIn, session: SessionDep, respo
 
 @router.get("/me", summary="The signed-in user's profile and balance", responses={404: {"description": "Unknown"}})
 async def me(user_id: UserId, session: SessionDep, settings: SettingsDep) -> MeOut:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFound("No such user: the platform registers users with PUT /v1/users/{id}", key="USER_NOT_FOUND")
+    user = await load_user(session, user_id)
     return MeOut(
         id=user.id,
         steamId=user.steam_id,
@@ -113,3 +112,20 @@ async def me(user_id: UserId, session: SessionDep, settings: SettingsDep) -> MeO
         balance=await balance_of(session, user_id, settings.currency),
         createdAt=user.created_at,
     )
+
+
+class ClientTokenOut(BaseModel):
+    token: str = Field(description="AssetPay client token for this user (Authorization: Bearer on /client routes)")
+    expiresAt: datetime
+
+
+@router.post(
+    "/client-token",
+    summary="An AssetPay client token for the frontend",
+    responses={404: {"description": "The user is not registered"}, 502: {"description": "AssetPay failed"}},
+)
+async def client_token(user_id: UserId, session: SessionDep, resources: ResourcesDep) -> ClientTokenOut:
+    user = await load_user(session, user_id)
+    await session.close()
+    token = await resources.assetpay.client_token(identity_of(user))
+    return ClientTokenOut(token=token.token, expiresAt=token.expires_at)

@@ -97,14 +97,16 @@ async def _approve_withdrawal(session: AsyncSession, callback: Callback) -> Inta
     assert callback.trade is not None
     trade, _ = await lock_for_callback(session, callback.trade)
     merge_callback(trade, callback.trade)
-    verdict, posting = await approvals.decide_withdrawal(session, trade)
+    verdict, posting = await approvals.decide_withdrawal(session, trade, charge=callback.trade.total_price)
     return IntakeResult(_verdict_body(verdict), verdict.action.value, trade, [posting] if posting else [])
 
 
 async def _crypto_withdrawal(session: AsyncSession, callback: Callback) -> IntakeResult:
     withdrawal = callback.body["withdrawal"]
     status = str(withdrawal.get("status", "")).lower()
-    if status == AWAITING_APPROVAL and callback.subject_id:
+    if status == AWAITING_APPROVAL:
+        if not callback.subject_id:  # a bare 2xx would approve it: refuse what we cannot even name
+            return IntakeResult(_verdict_body(policy.Verdict.reject("crypto withdrawal has no id")), "reject")
         verdict = await approvals.decide_crypto_withdrawal(session, callback.subject_id)
         return IntakeResult(_verdict_body(verdict), verdict.action.value)
     return IntakeResult({"received": True}, "stored")

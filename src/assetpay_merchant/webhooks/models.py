@@ -16,7 +16,7 @@ class WebhookDelivery(Base):
     __tablename__ = "webhook_deliveries"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
-    delivery_id: Mapped[str] = mapped_column(String(128), unique=True)
+    delivery_id: Mapped[str] = mapped_column(Text, unique=True)
     kind: Mapped[str] = mapped_column(String(32))
     outcome: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(Text)

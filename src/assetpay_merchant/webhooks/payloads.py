@@ -26,7 +26,7 @@ class InvalidJSON(ValueError):
 
 def decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw, parse_float=Decimal)
+        return json.loads(raw.decode("utf-8"), parse_float=Decimal)  # bytes would also sniff UTF-16/32
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidJSON(str(exc)) from exc
 
@@ -47,6 +47,12 @@ class _Lenient(BaseModel):
 
 class ItemOffer(_Lenient):
     price: Decimal
+
+    @field_validator("price")
+    @classmethod
+    def _price(cls, value: Decimal) -> Decimal:
+        # Item prices feed a withdrawal's charge when items fail: a negative one would credit the user.
+        return _money(value, "price")
 
 
 class TradeItem(_Lenient):
@@ -109,11 +115,16 @@ class TradePayload(_Lenient):
     external_id: str | None = Field(default=None, alias="externalId", max_length=128)
     external_client_user_id: str | None = Field(default=None, alias="externalClientUserId", max_length=128)
     client_steam_id: str | None = Field(default=None, alias="clientSteamID", max_length=32)
-    game: str = "730"
+    game: str = Field(default="730", max_length=16)
     items: list[TradeItem] = Field(default_factory=list)
     is_instant: bool | None = Field(default=None, alias="isInstant")
     error: str | None = Field(default=None, max_length=64)
     hold_end_date: datetime | None = Field(default=None, alias="holdEndDate")
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) else value
 
     @field_validator("type", mode="before")
     @classmethod
