@@ -6,6 +6,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -19,6 +20,7 @@ from assetpay_merchant.errors import error_response, install_error_handlers
 from assetpay_merchant.gateway import AssetPayClient, AssetPayError, create_http_client
 from assetpay_merchant.ledger import api as ledger_api
 from assetpay_merchant.migrate import upgrade_async
+from assetpay_merchant.sandbox import create_sandbox_app, sandbox_of
 from assetpay_merchant.trades import api as trades_api
 from assetpay_merchant.upstream import from_assetpay
 from assetpay_merchant.users import api as users_api
@@ -34,6 +36,20 @@ Errors are `{"error": {"key": "...", "message": "...", "fields": {...}}}`.
 """
 
 
+SANDBOX_PREFIX = "/sandbox"
+SANDBOX_URL = f"http://backend.internal{SANDBOX_PREFIX}"
+
+
+def _mount_sandbox(app: FastAPI) -> FastAPI:
+    """The built-in AssetPay sandbox at /sandbox; its callbacks come back to this app in-process."""
+    sandbox = create_sandbox_app(
+        callback_url="http://backend.internal/webhooks/assetpay",
+        callback_transport=httpx.ASGITransport(app=app),
+    )
+    app.mount(SANDBOX_PREFIX, sandbox)
+    return sandbox
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -47,13 +63,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             connect_timeout=settings.assetpay_connect_timeout_seconds,
             read_timeout=settings.assetpay_read_timeout_seconds,
             max_connections=settings.assetpay_max_connections,
+            # The sandbox is served by this very app: reach it in-process, on no port at all.
+            transport=httpx.ASGITransport(app=app) if sandbox is not None else None,
         )
+        gateway_settings = settings
+        if sandbox is not None:
+            gateway_settings = settings.model_copy(update={"assetpay_base_url": SANDBOX_URL})
+            await sandbox_of(sandbox).start()
         app.state.resources = Resources(
             settings=settings,
             engine=engine,
             sessions=session_factory(engine),
             http=http,
-            assetpay=AssetPayClient.from_settings(http, settings),
+            assetpay=AssetPayClient.from_settings(http, gateway_settings),
             market_cache=TTLCache(settings.market_cache_ttl_seconds),
             embedded=embedded,
         )
@@ -61,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if sandbox is not None:
+                await sandbox_of(sandbox).stop()
             await http.aclose()
             await engine.dispose()
             if embedded is not None:
@@ -68,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="AssetPay merchant backend", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
+    sandbox = _mount_sandbox(app) if settings.uses_sandbox else None
 
     @app.exception_handler(AssetPayError)
     async def _assetpay_error(_: Request, exc: AssetPayError) -> JSONResponse:

@@ -65,10 +65,12 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     )
     base = f"http://{args.host}:{args.port}"
     admin_key = settings.admin_api_key.get_secret_value()
+    sandbox = f"built-in sandbox (controls: {base}/sandbox/_sandbox)"
+    assetpay = sandbox if settings.uses_sandbox else settings.assetpay_base_url
     print(
         f"\nAssetPay merchant backend (development) on {base}\n"
         f"  API docs          {base}/docs\n"
-        f"  AssetPay          {'built-in sandbox' if settings.uses_sandbox else settings.assetpay_base_url}\n"
+        f"  AssetPay          {assetpay}\n"
         f"  X-Admin-Key       {admin_key}\n"
         f"  demo user JWT     {token}\n"
         f"  register it:      curl -X PUT {base}/v1/users/{DEMO_USER} -H 'X-Admin-Key: {admin_key}' "
