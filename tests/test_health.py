@@ -32,7 +32,7 @@ async def test_metrics_count_webhook_deliveries(client):
     steam = await register_user(client, "metrics")
     await deliver_trade(client, trade(status="hold", user_id="metrics", steam_id=steam))
     body = (await client.get("/metrics")).text
-    assert 'assetpay_webhook_deliveries_total{kind="trade",outcome="same"}' in body
+    assert 'assetpay_webhook_deliveries_total{kind="trade",outcome="created"}' in body
     assert 'ledger_postings_total{kind="pre_credit"}' in body
 
 

@@ -74,12 +74,16 @@ def error_response(error: AppError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code, headers=error.headers)
 
 
-def fields_from_pydantic(errors: list[Any]) -> dict[str, str]:
-    """`[{"loc": ("body", "items", 0, "price"), "msg": ...}]` → `{"items.0.price": msg}` (first reason per field)."""
+def fields_from_pydantic(errors: list[Any], *, root: str = "body") -> dict[str, str]:
+    """`[{"loc": ("body", "items", 0, "price"), "msg": ...}]` → `{"items.0.price": msg}` (first reason per field).
+
+    Paths start at `root`'s content; an error about the whole object is reported under `root` itself.
+    """
     fields: dict[str, str] = {}
+    prefix = "" if root == "body" else f"{root}."
     for error in errors:
         loc = [str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path", "header")]
-        fields.setdefault(".".join(loc) or "body", str(error.get("msg", "is invalid")))
+        fields.setdefault(prefix + ".".join(loc) if loc else root, str(error.get("msg", "is invalid")))
     return fields
 
 

@@ -32,6 +32,8 @@ class Trade(Base):
         Index("ix_trades_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         Index("ix_trades_needs_review", "needs_review", postgresql_where=text("needs_review")),
     )
+    # Fetch the server-made updated_at with RETURNING at flush: a trade is read after its session has closed.
+    __mapper_args__ = {"eager_defaults": True}
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     assetpay_id: Mapped[str | None] = mapped_column(String(64), unique=True)
@@ -58,6 +60,12 @@ class Trade(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+    def unflag(self, reason: str) -> None:
+        """Withdraw one reason, now resolved; the flag stays while other reasons remain."""
+        remaining = [r for r in (self.review_reason or "").split("; ") if r and r != reason]
+        self.review_reason = "; ".join(remaining) or None
+        self.needs_review = bool(remaining)
 
     def flag(self, reason: str) -> None:
         """Mark for a person to look at; the first reason is kept, later ones are appended."""

@@ -13,6 +13,8 @@ from assetpay_merchant.trades.models import Trade
 from assetpay_merchant.users.models import User
 from assetpay_merchant.webhooks.payloads import TradePayload
 
+UNKNOWN_USER = "no user of ours matches externalClientUserId or clientSteamID"
+
 
 async def find_user_id(session: AsyncSession, payload: TradePayload) -> str | None:
     """Our user: `externalClientUserId` is our own id; failing that, the Steam id they traded with."""

@@ -203,6 +203,7 @@ async def _store_answer(
             return Started(trade, [])
         merge_callback(trade, payload)
         await settle(session, trade)
+        await session.flush()  # (no autoflush) a sibling sharing our externalId must not match this trade
         related = []
         for other in answer.related_trades:
             try:

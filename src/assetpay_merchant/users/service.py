@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from assetpay_merchant.errors import Conflict
 from assetpay_merchant.ledger.service import Posting, ensure_balance, settle
 from assetpay_merchant.trades.models import Trade
+from assetpay_merchant.trades.service import UNKNOWN_USER
 from assetpay_merchant.users.models import User
 
 
@@ -52,6 +53,7 @@ async def adopt_trades(session: AsyncSession, user: User) -> list[Posting]:
     postings = []
     for trade in orphans:
         trade.user_id = user.id
+        trade.unflag(UNKNOWN_USER)
         posting = await settle(session, trade)
         if posting is not None:
             postings.append(posting)

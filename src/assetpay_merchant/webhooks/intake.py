@@ -17,7 +17,7 @@ from assetpay_merchant.gateway.signature import SignedDelivery
 from assetpay_merchant.ledger import approvals, policy
 from assetpay_merchant.ledger.service import Posting, facts_of, settle
 from assetpay_merchant.trades.models import Trade
-from assetpay_merchant.trades.service import lock_for_callback, merge_callback
+from assetpay_merchant.trades.service import UNKNOWN_USER, lock_for_callback, merge_callback
 from assetpay_merchant.webhooks.models import WebhookDelivery
 from assetpay_merchant.webhooks.payloads import Callback, CallbackKind, InvalidTrade
 
@@ -82,15 +82,16 @@ async def record_invalid(
 
 async def _apply_trade(session: AsyncSession, callback: Callback) -> IntakeResult:
     assert callback.trade is not None
-    trade, _ = await lock_for_callback(session, callback.trade)
+    trade, created = await lock_for_callback(session, callback.trade)
     step = merge_callback(trade, callback.trade)
     if trade.user_id is None:
-        trade.flag("no user of ours matches externalClientUserId or clientSteamID")
+        trade.flag(UNKNOWN_USER)
     reason = policy.review_reason(facts_of(trade))
     if reason is not None:
         trade.flag(reason)
     posting = await settle(session, trade)
-    return IntakeResult({"received": True}, step.value, trade, [posting] if posting else [])
+    outcome = "created" if created else step.value
+    return IntakeResult({"received": True}, outcome, trade, [posting] if posting else [])
 
 
 async def _approve_withdrawal(session: AsyncSession, callback: Callback) -> IntakeResult:

@@ -26,8 +26,14 @@ class InvalidJSON(ValueError):
 
 def decode_json(raw: bytes) -> Any:
     try:
-        return json.loads(raw.decode("utf-8"), parse_float=Decimal)  # bytes would also sniff UTF-16/32
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = raw.decode("utf-8")  # json.loads(bytes) would also sniff UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise InvalidJSON(str(exc)) from exc
+    if "\\u0000" in text:  # JSON escapes are lower-case "u" only
+        raise InvalidJSON("NUL characters cannot be stored")  # PostgreSQL text and JSONB refuse them
+    try:
+        return json.loads(text, parse_float=Decimal)
+    except json.JSONDecodeError as exc:
         raise InvalidJSON(str(exc)) from exc
 
 
@@ -221,7 +227,7 @@ def classify(body: Any) -> Callback:
         try:
             trade = TradePayload.model_validate(body["trade"])
         except ValidationError as exc:
-            fields = {f"trade.{path}": reason for path, reason in fields_from_pydantic(exc.errors()).items()}
+            fields = fields_from_pydantic(exc.errors(), root="trade")
             raise InvalidTrade(
                 f"Trade callback rejected: {'; '.join(f'{k}: {v}' for k, v in fields.items())}", fields=fields
             ) from exc
