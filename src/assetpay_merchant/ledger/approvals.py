@@ -41,7 +41,8 @@ async def decide_withdrawal(
         user_known=trade.user_id is not None,
         charge=charge,
         authorised=trade.authorized_amount,
-        available=available,
+        # What this trade already moved (a late approval after `completed`) is not a second charge.
+        available=available - trade.posted,
     )
     posting = None
     if verdict.action is policy.VerdictAction.APPROVE:
