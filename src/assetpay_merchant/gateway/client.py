@@ -612,7 +612,7 @@ class AssetPayClient:
                 self._message(detail.get("message")),
                 status=status,
                 code=detail["code"] if isinstance(detail.get("code"), int) else None,
-                fields=_string_map(detail.get("fields")),
+                fields={k: self._redact(v) for k, v in (_string_map(detail.get("fields")) or {}).items()},
                 details=detail["details"] if isinstance(detail.get("details"), dict) else None,
                 request_id=request_id,
                 ambiguous=write and unexplained,

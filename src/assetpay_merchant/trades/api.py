@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from sqlalchemy import select, tuple_
 
 from assetpay_merchant import idempotency
@@ -19,7 +19,7 @@ from assetpay_merchant.deps import Resources, ResourcesDep, SessionDep
 from assetpay_merchant.errors import AppError, NotFound, ValidationFailed
 from assetpay_merchant.gateway import DepositItem, WithdrawItem
 from assetpay_merchant.ledger.policy import Status, TradeType
-from assetpay_merchant.money import Money
+from assetpay_merchant.money import Money, fits_money_column
 from assetpay_merchant.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from assetpay_merchant.routing import ExactJSONRoute
 from assetpay_merchant.trades import trading
@@ -116,10 +116,16 @@ async def get_trade(trade_id: str, user_id: UserId, session: SessionDep) -> Trad
     return TradeOut.of(trade)
 
 
+# No control characters: an item id is stored (JSONB cannot hold \u0000) and sent on to AssetPay.
+ITEM_ID = r"^[^\x00-\x1f\x7f]+$"
+
+
 class DepositItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    itemId: str = Field(min_length=5, max_length=256, description="`id` of the item in GET /v1/inventory")
+    itemId: str = Field(
+        min_length=5, max_length=256, pattern=ITEM_ID, description="`id` of the item in GET /v1/inventory"
+    )
     price: Decimal = Field(gt=0, max_digits=24, decimal_places=8, description="The item's current inventory price")
     amount: int | None = Field(default=None, ge=1, le=10_000, description="For stackable (Rust) items")
 
@@ -134,11 +140,20 @@ class DepositIn(BaseModel):
     game: GameId = GameId.CS2
     isInstant: bool = Field(default=True, description="Credit the instant part (preCredit) when the trade is held")
 
+    @field_validator("items")
+    @classmethod
+    def _total_fits(cls, items: list[DepositItemIn]) -> list[DepositItemIn]:
+        if not fits_money_column(sum((i.price * (i.amount or 1) for i in items), start=Decimal(0))):
+            raise ValueError("the deposit's total is larger than an amount can be")
+        return items
+
 
 class WithdrawItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    itemId: str = Field(min_length=5, max_length=256, description="`id` of the listing in GET /v1/market")
+    itemId: str = Field(
+        min_length=5, max_length=256, pattern=ITEM_ID, description="`id` of the listing in GET /v1/market"
+    )
     price: Decimal = Field(gt=0, le=100_000, max_digits=24, decimal_places=8, description="The price shown")
     maxPrice: Decimal | None = Field(
         default=None, gt=0, le=100_000, max_digits=24, decimal_places=8, description="The most the user will pay"

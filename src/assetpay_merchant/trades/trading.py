@@ -22,11 +22,18 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from assetpay_merchant import idempotency
 from assetpay_merchant.errors import AppError, Conflict, NotFound
-from assetpay_merchant.gateway import AssetPayClient, AssetPayError, ClientIdentity, DepositItem, WithdrawItem
+from assetpay_merchant.gateway import (
+    AssetPayClient,
+    AssetPayError,
+    ClientIdentity,
+    DepositItem,
+    ErrorKey,
+    WithdrawItem,
+)
 from assetpay_merchant.gateway import Trade as AssetPayTrade
 from assetpay_merchant.ledger.policy import Status, TradeType
 from assetpay_merchant.ledger.service import lock_balance, settle
-from assetpay_merchant.money import ZERO
+from assetpay_merchant.money import ZERO, format_money
 from assetpay_merchant.trades.models import Trade
 from assetpay_merchant.trades.service import lock_for_callback, merge_callback
 from assetpay_merchant.upstream import from_assetpay
@@ -62,7 +69,7 @@ class DepositOrder:
         return sum((item.price * (item.amount or 1) for item in self.items), start=ZERO)
 
     def stored_items(self) -> list[dict[str, Any]]:
-        return [{"id": i.item_id, "price": str(i.price), "amount": i.amount or 1} for i in self.items]
+        return [{"id": i.item_id, "price": format_money(i.price), "amount": i.amount or 1} for i in self.items]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +88,7 @@ class WithdrawOrder:
         return sum((item.max_price or item.price for item in self.items), start=ZERO)
 
     def stored_items(self) -> list[dict[str, Any]]:
-        return [{"id": i.item_id, "price": str(i.price), "amount": 1} for i in self.items]
+        return [{"id": i.item_id, "price": format_money(i.price), "amount": 1} for i in self.items]
 
 
 Order = DepositOrder | WithdrawOrder
@@ -156,7 +163,8 @@ async def _record(
         user = await load_user(session, user_id, lock=True)  # one trade start per user at a time
         if claim is not None and claim.trade_id is not None:
             earlier = await session.get(Trade, claim.trade_id)
-            if earlier is not None:
+            refused = earlier is not None and earlier.status == Status.FAILED.value and earlier.assetpay_id is None
+            if earlier is not None and not refused:  # a refused attempt (503, 429) freed the key: start anew
                 return earlier, user
         if isinstance(order, DepositOrder):
             await _check_deposit_guard(session, user_id, now)
@@ -253,12 +261,27 @@ async def start(
         else:
             answer = await assetpay.withdraw(identity, order.items, external_id=external_id, game=order.game)
     except AssetPayError as error:
+        if error.key == ErrorKey.EXTERNAL_ID_EXISTS and not error.ambiguous:
+            # The externalId names this trade only: an earlier attempt (a retry with the same Idempotency-Key)
+            # got through. It is ours to look up, never a refusal to mark failed.
+            found = await _find(assetpay, external_id)
+            if found is not None:
+                return await _store_answer(sessions, trade.id, found)
+            error = error.as_ambiguous("AssetPay has a trade with our externalId that a lookup did not find")
         if error.ambiguous:
             log.warning("trade %s: outcome unknown (%s); kept for reconciliation", trade.id, error.key)
         else:
             await _mark_refused(sessions, trade.id, error)
         raise from_assetpay(error, trade_id=str(trade.id)) from None
     return await _store_answer(sessions, trade.id, answer)
+
+
+async def _find(assetpay: AssetPayClient, external_id: str) -> AssetPayTrade | None:
+    try:
+        return await assetpay.find_trade(external_id)
+    except AssetPayError as error:
+        log.warning("lookup of externalId %s failed (%s)", external_id, error.key)
+        return None
 
 
 async def cancel_withdrawal(
