@@ -72,7 +72,8 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.CheckConstraint(
-            "status IN ('initiated', 'pending', 'active', 'hold', 'completed', 'failed', 'canceled', 'declined', 'reverted')",
+            "status IN ('initiated', 'pending', 'active', 'hold', "
+            "'completed', 'failed', 'canceled', 'declined', 'reverted')",
             name=op.f("ck_trades_status_known"),
         ),
         sa.CheckConstraint("type IN ('deposit', 'withdraw')", name=op.f("ck_trades_type_known")),
