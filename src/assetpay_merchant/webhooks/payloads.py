@@ -11,12 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from assetpay_merchant.errors import AppError, fields_from_pydantic
-from assetpay_merchant.ledger.policy import Item, Status, TradeType, parse_status, parse_type
+from assetpay_merchant.ledger.policy import Status, TradeType, parse_status, parse_type
 from assetpay_merchant.money import ZERO, fits_money_column, format_money
 
 
@@ -37,14 +46,30 @@ def decode_json(raw: bytes) -> Any:
         raise InvalidJSON(str(exc)) from exc
 
 
-def _money(value: Decimal, field: str) -> Decimal:
+def _exact_amount(value: Decimal) -> Decimal:
     if not value.is_finite():
-        raise ValueError(f"{field} must be a finite number")
+        raise ValueError("must be a finite number")
     if value < 0:
-        raise ValueError(f"{field} must not be negative")
+        raise ValueError("must not be negative")
     if not fits_money_column(value):
-        raise ValueError(f"{field} has more digits than we can store exactly")
+        raise ValueError("has more digits than we can store exactly")
     return value
+
+
+def _text_if_number(value: Any) -> Any:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _lenient(parse: Any) -> BeforeValidator:
+    """Accept either API edition's spelling (any case, legacy names); anything else fails validation."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)
+
+
+Amount = Annotated[Decimal, AfterValidator(_exact_amount)]
+"""Non-negative, finite, and storable exactly in NUMERIC(24, 8). Item prices feed a withdrawal's charge when
+items fail, so a negative one would credit the user."""
+TextId = Annotated[str, BeforeValidator(_text_if_number)]
+TradeStatus = Annotated[Status, _lenient(parse_status)]
 
 
 class _Lenient(BaseModel):
@@ -52,35 +77,19 @@ class _Lenient(BaseModel):
 
 
 class ItemOffer(_Lenient):
-    price: Decimal
-
-    @field_validator("price")
-    @classmethod
-    def _price(cls, value: Decimal) -> Decimal:
-        # Item prices feed a withdrawal's charge when items fail: a negative one would credit the user.
-        return _money(value, "price")
+    price: Amount
 
 
 class TradeItem(_Lenient):
-    id: str
+    id: TextId
     asset_id: str | None = Field(default=None, alias="assetId")
     market_hash_name: str | None = Field(default=None, alias="marketHashName")
     name: str | None = None
     icon_url: str | None = Field(default=None, alias="iconUrl")
     amount: Decimal = Decimal(1)
-    status: Status | None = None
+    status: TradeStatus | None = None
     error: str | None = None
     offer: ItemOffer | None = None
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any) -> Any:
-        return parse_status(value) if isinstance(value, str) else value
 
     @field_validator("amount")
     @classmethod
@@ -112,50 +121,20 @@ class TradeItem(_Lenient):
 class TradePayload(_Lenient):
     """`{"trade": Trade}`: a trade event, or (withdraw + initiated) a request for our approval."""
 
-    id: str = Field(min_length=1, max_length=64)
-    type: TradeType
-    status: Status
-    total_price: Decimal = Field(alias="totalPrice")
-    pre_credit: Decimal | None = Field(default=None, alias="preCredit")
-    pending_credit: Decimal | None = Field(default=None, alias="pendingCredit")
+    id: TextId = Field(min_length=1, max_length=64)
+    type: Annotated[TradeType, _lenient(parse_type)]
+    status: TradeStatus
+    total_price: Amount = Field(alias="totalPrice")
+    pre_credit: Amount | None = Field(default=None, alias="preCredit")
+    pending_credit: Amount | None = Field(default=None, alias="pendingCredit")
     external_id: str | None = Field(default=None, alias="externalId", max_length=128)
     external_client_user_id: str | None = Field(default=None, alias="externalClientUserId", max_length=128)
     client_steam_id: str | None = Field(default=None, alias="clientSteamID", max_length=32)
-    game: str = Field(default="730", max_length=16)
+    game: TextId = Field(default="730", max_length=16)
     items: list[TradeItem] = Field(default_factory=list)
     is_instant: bool | None = Field(default=None, alias="isInstant")
     error: str | None = Field(default=None, max_length=64)
     hold_end_date: datetime | None = Field(default=None, alias="holdEndDate")
-
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_text(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-    @field_validator("type", mode="before")
-    @classmethod
-    def _type(cls, value: Any) -> Any:
-        return parse_type(value) if isinstance(value, str) else value
-
-    @field_validator("status", mode="before")
-    @classmethod
-    def _status(cls, value: Any) -> Any:
-        return parse_status(value) if isinstance(value, str) else value
-
-    @field_validator("game", mode="before")
-    @classmethod
-    def _game(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-    @field_validator("total_price")
-    @classmethod
-    def _total(cls, value: Decimal) -> Decimal:
-        return _money(value, "totalPrice")
-
-    @field_validator("pre_credit", "pending_credit")
-    @classmethod
-    def _credit(cls, value: Decimal | None) -> Decimal | None:
-        return None if value is None else _money(value, "credit")
 
     @model_validator(mode="after")
     def _credits_add_up(self) -> TradePayload:
@@ -176,9 +155,6 @@ class TradePayload(_Lenient):
     @property
     def asks_for_approval(self) -> bool:
         return self.type is TradeType.WITHDRAW and self.status is Status.INITIATED
-
-    def ledger_items(self) -> list[Item]:
-        return [Item(price=item.price, amount=item.amount, status=item.status) for item in self.items]
 
 
 class CallbackKind(StrEnum):
