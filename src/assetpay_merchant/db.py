@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import MetaData
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from assetpay_merchant.config import Settings
@@ -49,10 +50,43 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    """One session per request or job; the caller owns the transaction and commits it."""
-    async with factory() as session:
-        yield session
+class Connection(Protocol):
+    """The driver (asyncpg) connection of a transaction: the money path runs its few statements on it directly,
+    each prepared once per connection, inside a transaction SQLAlchemy began and will commit."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+    async def fetchrow(self, query: str, *args: Any) -> Any: ...
+    async def fetchval(self, query: str, *args: Any) -> Any: ...
+    def cursor(self, query: str, *args: Any, prefetch: int | None = None) -> Any: ...
+    def transaction(self) -> Any: ...
+
+
+async def _driver(connection: AsyncConnection) -> Any:
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection
+
+
+@asynccontextmanager
+async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[Connection]:
+    """A transaction the driver itself owns, for the money path: BEGIN, a few prepared statements, COMMIT (or
+    ROLLBACK on any error), with none of SQLAlchemy's per-statement work in between."""
+    async with engine.connect() as connection:
+        driver = await _driver(connection)
+        async with driver.transaction():
+            yield driver
+
+
+async def driver_connection(session: AsyncSession) -> Connection:
+    """The driver connection under a session, to run money-path statements in the session's transaction.
+
+    SQLAlchemy begins the database transaction lazily, with the first statement it runs: the session must have
+    run one already, or these statements would each commit on their own. That is checked, not assumed.
+    """
+    driver = await _driver(await session.connection())
+    if not driver.is_in_transaction():
+        raise RuntimeError("the session has not begun its database transaction: run a statement through it first")
+    return driver  # type: ignore[no-any-return]
 
 
 class EmbeddedPostgres:

@@ -1,6 +1,7 @@
 """Posting to the ledger: the only code that writes ledger entries and balances.
 
-Callers own the transaction and hold the trade row lock; these functions only flush.
+Callers own the transaction and hold the trade row lock. Like the trade records, this is the hot path of every
+callback and runs plain SQL on the transaction's driver connection.
 """
 
 from __future__ import annotations
@@ -11,14 +12,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from assetpay_merchant.db import Connection, driver_connection
 from assetpay_merchant.ledger import policy
-from assetpay_merchant.ledger.models import Balance, LedgerEntry
 from assetpay_merchant.money import ZERO
-from assetpay_merchant.trades.models import Trade
+from assetpay_merchant.trades.service import SELECT_TRADE, TradeRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +46,7 @@ def ledger_items(stored: Sequence[dict[str, Any]]) -> list[policy.Item]:
     return items
 
 
-def facts_of(trade: Trade) -> policy.TradeFacts:
+def facts_of(trade: TradeRow) -> policy.TradeFacts:
     return policy.TradeFacts(
         type=policy.TradeType(trade.type),
         status=policy.Status(trade.status),
@@ -57,37 +57,39 @@ def facts_of(trade: Trade) -> policy.TradeFacts:
     )
 
 
-async def ensure_balance(session: AsyncSession, user_id: str) -> None:
-    await session.execute(pg_insert(Balance).values(user_id=user_id).on_conflict_do_nothing())
+async def ensure_balance(db: Connection, user_id: str) -> None:
+    await db.execute("INSERT INTO balances (user_id) VALUES ($1) ON CONFLICT DO NOTHING", user_id)
 
 
-async def lock_balance(session: AsyncSession, user_id: str) -> Decimal:
+async def lock_balance(db: Connection, user_id: str) -> Decimal:
     """The user's available balance, with its row locked until the transaction ends."""
-    available = await session.scalar(select(Balance.available).where(Balance.user_id == user_id).with_for_update())
+    available: Decimal | None = await db.fetchval(
+        "SELECT available FROM balances WHERE user_id = $1 FOR UPDATE", user_id
+    )
     return available if available is not None else ZERO
 
 
+_POST = """
+WITH moved AS (
+    UPDATE balances SET available = available + $2, updated_at = now() WHERE user_id = $1 RETURNING available
+)
+INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+SELECT $1, $3, $2, $4, available FROM moved
+RETURNING balance_after
+"""
+
+
 async def post(
-    session: AsyncSession, *, user_id: str, trade_id: uuid.UUID | None, amount: Decimal, kind: policy.EntryKind
+    db: Connection, *, user_id: str, trade_id: uuid.UUID | None, amount: Decimal, kind: policy.EntryKind
 ) -> Posting:
-    """Append one entry and move the cached balance by the same amount, in the caller's transaction."""
-    balance_after = await session.scalar(
-        update(Balance)
-        .where(Balance.user_id == user_id)
-        .values(available=Balance.available + amount, updated_at=func.now())
-        .returning(Balance.available)
-    )
+    """Append one entry and move the cached balance by the same amount, in one statement."""
+    balance_after: Decimal | None = await db.fetchval(_POST, user_id, amount, trade_id, kind.value)
     if balance_after is None:
         raise LookupError(f"user {user_id!r} has no balance row")
-    await session.execute(
-        insert(LedgerEntry).values(
-            user_id=user_id, trade_id=trade_id, amount=amount, kind=kind.value, balance_after=balance_after
-        )
-    )
     return Posting(user_id, trade_id, amount, kind, balance_after)
 
 
-async def settle(session: AsyncSession, trade: Trade) -> Posting | None:
+async def settle(db: Connection, trade: TradeRow) -> Posting | None:
     """Post `target - posted` for a locked trade, so that it has posted exactly its target."""
     if trade.user_id is None:
         return None
@@ -96,7 +98,7 @@ async def settle(session: AsyncSession, trade: Trade) -> Posting | None:
     if delta == 0:
         return None
     posting = await post(
-        session,
+        db,
         user_id=trade.user_id,
         trade_id=trade.id,
         amount=delta,
@@ -112,47 +114,42 @@ class Discrepancy:
     detail: str
 
 
+_BALANCES_OFF = """
+SELECT coalesce(b.user_id, e.user_id) AS user_id, b.available, coalesce(e.total, 0) AS total
+FROM balances b
+FULL JOIN (SELECT user_id, sum(amount) AS total FROM ledger_entries GROUP BY user_id) e ON e.user_id = b.user_id
+WHERE b.user_id IS NULL OR b.available <> coalesce(e.total, 0)
+"""
+
+_TRADES_WITH_ENTRIES = f"""
+SELECT * FROM ({SELECT_TRADE}) trades
+LEFT JOIN (
+    SELECT trade_id, sum(amount) AS entries_total FROM ledger_entries WHERE trade_id IS NOT NULL GROUP BY trade_id
+) entries ON entries.trade_id = trades.id
+"""  # noqa: S608 (constant column names, no input)
+
+
 async def check(session: AsyncSession) -> list[Discrepancy]:
     """Every balance equals the sum of its entries; every attributed trade has posted exactly its target."""
+    # One snapshot for the whole check, so postings committing meanwhile cannot look like mismatches.
+    await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    db = await driver_connection(session)
     found: list[Discrepancy] = []
-    sums = (
-        select(LedgerEntry.user_id, func.sum(LedgerEntry.amount).label("total"))
-        .group_by(LedgerEntry.user_id)
-        .subquery()
-    )
-    rows = await session.execute(
-        select(Balance.user_id, Balance.available, func.coalesce(sums.c.total, 0))
-        .outerjoin(sums, sums.c.user_id == Balance.user_id)
-        .where(Balance.available != func.coalesce(sums.c.total, 0))
-    )
-    for user_id, available, total in rows:
-        found.append(Discrepancy(f"user {user_id}", f"balance {available} but entries sum to {total}"))
-    orphans = await session.execute(
-        select(sums.c.user_id, sums.c.total)
-        .outerjoin(Balance, Balance.user_id == sums.c.user_id)
-        .where(Balance.user_id.is_(None))
-    )
-    for user_id, total in orphans:
-        found.append(Discrepancy(f"user {user_id}", f"entries sum to {total} but there is no balance row"))
-
-    entry_sums = (
-        select(LedgerEntry.trade_id, func.sum(LedgerEntry.amount).label("total"))
-        .where(LedgerEntry.trade_id.is_not(None))
-        .group_by(LedgerEntry.trade_id)
-        .subquery()
-    )
-    trades = await session.stream(
-        select(Trade, func.coalesce(entry_sums.c.total, 0))
-        .outerjoin(entry_sums, entry_sums.c.trade_id == Trade.id)
-        .execution_options(yield_per=1000)
-    )
-    async for trade, total in trades:
+    for user_id, available, total in await db.fetch(_BALANCES_OFF):
+        detail = (
+            f"entries sum to {total} but there is no balance row"
+            if available is None
+            else f"balance {available} but entries sum to {total}"
+        )
+        found.append(Discrepancy(f"user {user_id}", detail))
+    async for record in db.cursor(_TRADES_WITH_ENTRIES, prefetch=1000):
+        values = dict(record)
+        total = values.pop("entries_total") or ZERO
+        values.pop("trade_id")
+        trade = TradeRow.from_record(values)
         if trade.posted != total:
             found.append(Discrepancy(f"trade {trade.id}", f"posted {trade.posted} but entries sum to {total}"))
-        if trade.user_id is not None and trade.posted != policy.target(facts_of(trade)):
-            found.append(
-                Discrepancy(
-                    f"trade {trade.id}", f"posted {trade.posted} but its target is {policy.target(facts_of(trade))}"
-                )
-            )
+        target = policy.target(facts_of(trade))
+        if trade.user_id is not None and trade.posted != target:
+            found.append(Discrepancy(f"trade {trade.id}", f"posted {trade.posted} but its target is {target}"))
     return found

@@ -24,6 +24,7 @@ from assetpay_merchant.pagination import Cursor, Limit, decode_cursor, encode_cu
 from assetpay_merchant.routing import ExactJSONRoute
 from assetpay_merchant.trades import trading
 from assetpay_merchant.trades.models import Trade
+from assetpay_merchant.trades.service import TradeRow
 from assetpay_merchant.trades.trading import Started
 
 router = APIRouter(prefix="/v1", tags=["trades"], route_class=ExactJSONRoute)
@@ -47,7 +48,7 @@ class TradeOut(BaseModel):
     updatedAt: datetime
 
     @classmethod
-    def of(cls, trade: Trade) -> TradeOut:
+    def of(cls, trade: Trade | TradeRow) -> TradeOut:
         return cls(
             id=trade.id,
             assetpayId=trade.assetpay_id,
@@ -244,7 +245,13 @@ async def _create(
         claim = outcome
     try:
         started = await trading.start(
-            resources.sessions, resources.assetpay, user_id=user_id, order=order, claim=claim, now=now
+            resources.sessions,
+            resources.assetpay,
+            engine=resources.engine,
+            user_id=user_id,
+            order=order,
+            claim=claim,
+            now=now,
         )
     except AppError as error:
         if claim is not None:

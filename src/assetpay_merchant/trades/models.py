@@ -60,16 +60,3 @@ class Trade(Base):
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
-
-    def unflag(self, reason: str) -> None:
-        """Withdraw one reason, now resolved; the flag stays while other reasons remain."""
-        remaining = [r for r in (self.review_reason or "").split("; ") if r and r != reason]
-        self.review_reason = "; ".join(remaining) or None
-        self.needs_review = bool(remaining)
-
-    def flag(self, reason: str) -> None:
-        """Mark for a person to look at; the first reason is kept, later ones are appended."""
-        if self.review_reason and reason in self.review_reason:
-            return
-        self.needs_review = True
-        self.review_reason = f"{self.review_reason}; {reason}" if self.review_reason else reason

@@ -1,100 +1,198 @@
-"""Our record of AssetPay's trades: finding (and locking) the trade a callback is about, and merging what it says."""
+"""Our record of AssetPay's trades on the money path: finding (and locking) the trade a callback is about,
+merging what it says, and saving it.
+
+This is the hot path of every callback, so it speaks plain SQL on the transaction's asyncpg connection (one
+prepared statement per step) rather than the ORM; the ORM model in `models.py` serves the read APIs.
+"""
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import or_, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from assetpay_merchant.db import Connection
 from assetpay_merchant.ledger.policy import Status, Transition, merge_items, transition
-from assetpay_merchant.trades.models import Trade
-from assetpay_merchant.users.models import User
 from assetpay_merchant.webhooks.payloads import TradePayload
 
 UNKNOWN_USER = "no user of ours matches externalClientUserId or clientSteamID"
 
 
-async def find_user_id(session: AsyncSession, payload: TradePayload) -> str | None:
+@dataclass(slots=True)
+class TradeRow:
+    """One row of `trades`, held under its row lock while a transaction changes it."""
+
+    id: uuid.UUID
+    assetpay_id: str | None
+    external_id: str | None
+    user_id: str | None
+    client_steam_id: str | None
+    external_client_user_id: str | None
+    type: str
+    game: str
+    status: str
+    total_price: Decimal
+    pre_credit: Decimal
+    pending_credit: Decimal
+    authorized_amount: Decimal | None
+    approved_amount: Decimal | None
+    posted: Decimal
+    items: list[dict[str, Any]]
+    is_instant: bool | None
+    error: str | None
+    hold_end_date: datetime | None
+    needs_review: bool
+    review_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    created: bool = field(default=False, compare=False)
+
+    @classmethod
+    def from_record(cls, record: Any, *, created: bool = False) -> TradeRow:
+        values = dict(record)
+        values["items"] = json.loads(values["items"])
+        return cls(**values, created=created)
+
+    def flag(self, reason: str) -> None:
+        """Mark for a person to look at; reasons accumulate, each once."""
+        reasons = self.review_reason.split("; ") if self.review_reason else []
+        if reason not in reasons:
+            self.review_reason = "; ".join([*reasons, reason])
+        self.needs_review = True
+
+    def unflag(self, reason: str) -> None:
+        """Withdraw one reason, now resolved; the flag stays while other reasons remain."""
+        remaining = [r for r in (self.review_reason or "").split("; ") if r and r != reason]
+        self.review_reason = "; ".join(remaining) or None
+        self.needs_review = bool(remaining)
+
+
+_COLUMNS = ", ".join(f.name for f in fields(TradeRow) if f.name not in ("items", "created"))
+SELECT_TRADE = f"SELECT {_COLUMNS}, items::text AS items FROM trades"  # noqa: S608 (constant column names)
+
+_LOCK_FOR_CALLBACK = f"""
+{SELECT_TRADE}
+WHERE assetpay_id = $1 OR (external_id = $2 AND assetpay_id IS NULL)
+ORDER BY assetpay_id = $1 DESC NULLS LAST
+LIMIT 1
+FOR UPDATE
+"""
+
+_INSERT_FROM_CALLBACK = """
+INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game,
+                    status, total_price, pre_credit, pending_credit, items, is_instant, error, hold_end_date)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb, $14, $15, $16)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+_SAVE = """
+UPDATE trades
+SET assetpay_id = $2, user_id = $3, status = $4, game = $5, total_price = $6, pre_credit = $7,
+    pending_credit = $8, approved_amount = $9, posted = $10, items = $11::text::jsonb, is_instant = $12,
+    error = $13, hold_end_date = $14, needs_review = $15, review_reason = $16, updated_at = now()
+WHERE id = $1
+RETURNING updated_at
+"""
+
+_FIND_USER = """
+SELECT id FROM users WHERE id = $1 OR steam_id = $2
+ORDER BY id = $1 DESC NULLS LAST
+LIMIT 1
+"""
+
+
+async def find_user_id(db: Connection, payload: TradePayload) -> str | None:
     """Our user: `externalClientUserId` is our own id; failing that, the Steam id they traded with."""
     if payload.external_client_user_id is None and payload.client_steam_id is None:
         return None
-    conditions = []
-    if payload.external_client_user_id is not None:
-        conditions.append(User.id == payload.external_client_user_id)
-    if payload.client_steam_id is not None:
-        conditions.append(User.steam_id == payload.client_steam_id)
-    rows = (await session.execute(select(User.id, User.steam_id).where(or_(*conditions)))).all()
-    by_id = [user_id for user_id, _ in rows if user_id == payload.external_client_user_id]
-    return by_id[0] if by_id else (rows[0][0] if rows else None)
+    user_id: str | None = await db.fetchval(_FIND_USER, payload.external_client_user_id, payload.client_steam_id)
+    return user_id
 
 
-def _match(payload: TradePayload) -> Any:
-    """AssetPay's id, or (for a trade we recorded before AssetPay answered) our externalId."""
-    if payload.external_id is None:
-        return Trade.assetpay_id == payload.id
-    return or_(
-        Trade.assetpay_id == payload.id,
-        (Trade.external_id == payload.external_id) & Trade.assetpay_id.is_(None),
+async def lock(db: Connection, trade_id: uuid.UUID) -> TradeRow | None:
+    record = await db.fetchrow(f"{SELECT_TRADE} WHERE id = $1 FOR UPDATE", trade_id)
+    return TradeRow.from_record(record) if record is not None else None
+
+
+async def _lock_for(db: Connection, payload: TradePayload, *, created: bool = False) -> TradeRow | None:
+    record = await db.fetchrow(_LOCK_FOR_CALLBACK, payload.id, payload.external_id)
+    return TradeRow.from_record(record, created=created) if record is not None else None
+
+
+async def _insert(db: Connection, payload: TradePayload, user_id: str | None, external_id: str | None) -> bool:
+    inserted = await db.fetchval(
+        _INSERT_FROM_CALLBACK,
+        uuid.uuid4(),
+        payload.id,
+        external_id,
+        user_id,
+        payload.client_steam_id,
+        payload.external_client_user_id,
+        payload.type.value,
+        payload.game,
+        payload.status.value,
+        payload.total_price,
+        payload.pre_credit or 0,
+        payload.pending_credit or 0,
+        json.dumps([item.stored() for item in payload.items]),
+        payload.is_instant,
+        payload.error,
+        payload.hold_end_date,
     )
+    return inserted is not None
 
 
-async def _select_locked(session: AsyncSession, payload: TradePayload) -> Trade | None:
-    result = await session.execute(
-        select(Trade)
-        .where(_match(payload))
-        .order_by((Trade.assetpay_id == payload.id).desc().nulls_last())
-        .limit(1)
-        .with_for_update()
-    )
-    return result.scalar_one_or_none()
+async def lock_for_callback(db: Connection, payload: TradePayload) -> TradeRow:
+    """The trade this callback is about, locked for the rest of the transaction; created if we never saw it
+    (`created` is then set).
 
-
-def _new_trade_values(payload: TradePayload, user_id: str | None) -> dict[str, Any]:
-    return {
-        "assetpay_id": payload.id,
-        "external_id": payload.external_id,
-        "user_id": user_id,
-        "client_steam_id": payload.client_steam_id,
-        "external_client_user_id": payload.external_client_user_id,
-        "type": payload.type.value,
-        "game": payload.game,
-        "status": payload.status.value,
-        "total_price": payload.total_price,
-        "pre_credit": payload.pre_credit or 0,
-        "pending_credit": payload.pending_credit or 0,
-        "items": [item.stored() for item in payload.items],
-        "is_instant": payload.is_instant,
-        "error": payload.error,
-        "hold_end_date": payload.hold_end_date,
-    }
-
-
-async def lock_for_callback(session: AsyncSession, payload: TradePayload) -> tuple[Trade, bool]:
-    """The trade this callback is about, locked for the rest of the transaction; created if we never saw it.
-
-    Returns `(trade, created)`. Concurrent first deliveries of one trade race on the unique AssetPay id: one
-    inserts, the others wait for it and then lock the row it made.
+    Found by AssetPay's id, or (a trade we recorded before AssetPay answered) by our externalId. Concurrent first
+    deliveries of one trade race on the unique AssetPay id: one inserts, the others wait for it, then lock its row.
     """
-    trade = await _select_locked(session, payload)
+    trade = await _lock_for(db, payload)
     if trade is not None:
         if trade.user_id is None:  # the user may have been registered since we first saw the trade
-            trade.user_id = await find_user_id(session, payload)
-        return trade, False
-    values = _new_trade_values(payload, await find_user_id(session, payload))
-    inserted = await session.scalar(pg_insert(Trade).values(**values).on_conflict_do_nothing().returning(Trade.id))
-    if inserted is None and payload.external_id is not None:
+            trade.user_id = await find_user_id(db, payload)
+        return trade
+    user_id = await find_user_id(db, payload)
+    inserted = await _insert(db, payload, user_id, payload.external_id)
+    if not inserted and payload.external_id is not None:
         # The externalId is taken by another trade of the same basket (AssetPay split it): keep ours unlinked.
-        values["external_id"] = None
-        inserted = await session.scalar(pg_insert(Trade).values(**values).on_conflict_do_nothing().returning(Trade.id))
-    trade = await _select_locked(session, payload)
+        inserted = await _insert(db, payload, user_id, None)
+    trade = await _lock_for(db, payload, created=inserted)
     if trade is None:  # pragma: no cover - the row exists by now, whoever inserted it
         raise LookupError(f"trade {payload.id} vanished while being recorded")
-    return trade, inserted is not None
+    return trade
 
 
-def merge_callback(trade: Trade, payload: TradePayload) -> Transition:
+async def save(db: Connection, trade: TradeRow) -> None:
+    """Write back what a transaction changed in a locked trade."""
+    trade.updated_at = await db.fetchval(
+        _SAVE,
+        trade.id,
+        trade.assetpay_id,
+        trade.user_id,
+        trade.status,
+        trade.game,
+        trade.total_price,
+        trade.pre_credit,
+        trade.pending_credit,
+        trade.approved_amount,
+        trade.posted,
+        json.dumps(trade.items),
+        trade.is_instant,
+        trade.error,
+        trade.hold_end_date,
+        trade.needs_review,
+        trade.review_reason,
+    )
+
+
+def merge_callback(trade: TradeRow, payload: TradePayload) -> Transition:
     """Fold what a callback says into the locked trade. Older news never moves a trade back.
 
     A newer status brings its amounts with it; items merge one by one, each keeping its most advanced status;
@@ -109,16 +207,13 @@ def merge_callback(trade: Trade, payload: TradePayload) -> Transition:
     if step is Transition.CONFLICT:
         trade.flag(f"received {payload.status.value} after final status {trade.status}")
         return step
-    incoming_items = [item.stored() for item in payload.items]
-    merged = merge_items(trade.items, incoming_items)
-    if merged != trade.items:
-        trade.items = merged
+    trade.items = merge_items(trade.items, [item.stored() for item in payload.items])
     if step is Transition.ADVANCE or first_word:
         _adopt(trade, payload)
     return step
 
 
-def _adopt(trade: Trade, payload: TradePayload) -> None:
+def _adopt(trade: TradeRow, payload: TradePayload) -> None:
     trade.status = payload.status.value
     trade.game = payload.game
     trade.total_price = payload.total_price

@@ -18,9 +18,10 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from assetpay_merchant import idempotency
+from assetpay_merchant.db import driver_connection, driver_transaction
 from assetpay_merchant.errors import AppError, Conflict, NotFound
 from assetpay_merchant.gateway import (
     AssetPayClient,
@@ -34,8 +35,9 @@ from assetpay_merchant.gateway import Trade as AssetPayTrade
 from assetpay_merchant.ledger.policy import Status, TradeType
 from assetpay_merchant.ledger.service import lock_balance, settle
 from assetpay_merchant.money import ZERO, format_money
+from assetpay_merchant.trades import service as records
 from assetpay_merchant.trades.models import Trade
-from assetpay_merchant.trades.service import lock_for_callback, merge_callback
+from assetpay_merchant.trades.service import TradeRow, merge_callback
 from assetpay_merchant.upstream import from_assetpay
 from assetpay_merchant.users.models import User
 from assetpay_merchant.webhooks.payloads import TradePayload
@@ -96,8 +98,8 @@ Order = DepositOrder | WithdrawOrder
 
 @dataclass(frozen=True, slots=True)
 class Started:
-    trade: Trade
-    related: list[Trade]
+    trade: Trade | TradeRow
+    related: list[TradeRow]
 
 
 def identity_of(user: User) -> ClientIdentity:
@@ -170,7 +172,7 @@ async def _record(
             await _check_deposit_guard(session, user_id, now)
             trade_type, authorised = TradeType.DEPOSIT, None
         else:
-            available = await lock_balance(session, user_id)
+            available = await lock_balance(await driver_connection(session), user_id)
             if available < order.total:
                 raise InsufficientBalance(f"The balance ({available}) does not cover this withdrawal ({order.total})")
             trade_type, authorised = TradeType.WITHDRAW, order.authorised
@@ -196,34 +198,35 @@ async def _record(
         return trade, user
 
 
-async def _store_answer(
-    sessions: async_sessionmaker[AsyncSession], trade_id: uuid.UUID, answer: AssetPayTrade
-) -> Started:
+async def _store_answer(engine: AsyncEngine, trade_id: uuid.UUID, answer: AssetPayTrade) -> Started:
     """Fold AssetPay's answer (and the other offers of a split basket) into our records."""
-    async with sessions.begin() as session:
-        trade = await session.scalar(select(Trade).where(Trade.id == trade_id).with_for_update())
+    async with driver_transaction(engine) as db:
+        trade = await records.lock(db, trade_id)
         assert trade is not None
         try:
             payload = TradePayload.model_validate(answer.raw)
         except ValidationError as exc:
             trade.assetpay_id = trade.assetpay_id or answer.id
             trade.flag(f"AssetPay's answer did not validate: {exc.errors()[0].get('msg')}")
+            await records.save(db, trade)
             return Started(trade, [])
         merge_callback(trade, payload)
-        await settle(session, trade)
-        await session.flush()  # (no autoflush) a sibling sharing our externalId must not match this trade
+        await settle(db, trade)
+        await records.save(db, trade)  # linked first, so a sibling sharing our externalId cannot match it
         related = []
         for other in answer.related_trades:
             try:
                 other_payload = TradePayload.model_validate(other.raw)
             except ValidationError:
                 trade.flag(f"related trade {other.id} did not validate")
+                await records.save(db, trade)
                 continue
-            sibling, _ = await lock_for_callback(session, other_payload)
+            sibling = await records.lock_for_callback(db, other_payload)
             merge_callback(sibling, other_payload)
             if sibling.user_id is None:
                 sibling.user_id = trade.user_id
-            await settle(session, sibling)
+            await settle(db, sibling)
+            await records.save(db, sibling)
             related.append(sibling)
         return Started(trade, related)
 
@@ -240,6 +243,7 @@ async def start(
     sessions: async_sessionmaker[AsyncSession],
     assetpay: AssetPayClient,
     *,
+    engine: AsyncEngine,
     user_id: str,
     order: Order,
     claim: idempotency.Claim | None,
@@ -266,14 +270,14 @@ async def start(
             # got through. It is ours to look up, never a refusal to mark failed.
             found = await _find(assetpay, external_id)
             if found is not None:
-                return await _store_answer(sessions, trade.id, found)
+                return await _store_answer(engine, trade.id, found)
             error = error.as_ambiguous("AssetPay has a trade with our externalId that a lookup did not find")
         if error.ambiguous:
             log.warning("trade %s: outcome unknown (%s); kept for reconciliation", trade.id, error.key)
         else:
             await _mark_refused(sessions, trade.id, error)
         raise from_assetpay(error, trade_id=str(trade.id)) from None
-    return await _store_answer(sessions, trade.id, answer)
+    return await _store_answer(engine, trade.id, answer)
 
 
 async def _find(assetpay: AssetPayClient, external_id: str) -> AssetPayTrade | None:

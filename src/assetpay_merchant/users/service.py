@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, literal_column, or_, select
+from sqlalchemy import func, literal_column, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from assetpay_merchant.db import driver_connection
 from assetpay_merchant.errors import Conflict
 from assetpay_merchant.ledger.service import Posting, ensure_balance, settle
-from assetpay_merchant.trades.models import Trade
-from assetpay_merchant.trades.service import UNKNOWN_USER
+from assetpay_merchant.trades.service import SELECT_TRADE, UNKNOWN_USER, TradeRow, save
 from assetpay_merchant.users.models import User
 
 
@@ -33,28 +33,30 @@ async def upsert_user(
             literal_column("xmax = 0")  # a row that was inserted, not updated, has no xmax
         )
     )
-    await ensure_balance(session, user_id)
+    await ensure_balance(await driver_connection(session), user_id)
     user = await session.get(User, user_id, populate_existing=True)
     assert user is not None
     return user, bool(created)
 
 
+_ORPHANS = f"""
+{SELECT_TRADE}
+WHERE user_id IS NULL AND (external_client_user_id = $1 OR client_steam_id = $2)
+ORDER BY id
+FOR UPDATE
+"""
+
+
 async def adopt_trades(session: AsyncSession, user: User) -> list[Posting]:
     """Attribute trades we received before the user was registered, and post what they owe or are owed."""
-    orphans = await session.scalars(
-        select(Trade)
-        .where(
-            Trade.user_id.is_(None),
-            or_(Trade.external_client_user_id == user.id, Trade.client_steam_id == user.steam_id),
-        )
-        .order_by(Trade.id)
-        .with_for_update()
-    )
+    db = await driver_connection(session)
     postings = []
-    for trade in orphans:
+    for record in await db.fetch(_ORPHANS, user.id, user.steam_id):
+        trade = TradeRow.from_record(record)
         trade.user_id = user.id
         trade.unflag(UNKNOWN_USER)
-        posting = await settle(session, trade)
+        posting = await settle(db, trade)
+        await save(db, trade)
         if posting is not None:
             postings.append(posting)
     return postings

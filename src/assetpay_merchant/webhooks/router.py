@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from assetpay_merchant.db import driver_transaction
 from assetpay_merchant.deps import ResourcesDep
 from assetpay_merchant.errors import Unauthorized
 from assetpay_merchant.gateway.signature import SIGNATURE_HEADER, SignatureError, verify
@@ -56,17 +57,16 @@ async def assetpay_callback(request: Request, resources: ResourcesDep) -> JSONRe
         WEBHOOK_DELIVERIES.labels("unverified", "invalid_json").inc()
         raise Unauthorized("The body is not valid JSON", key="INVALID_JSON") from None
 
-    async with resources.sessions() as session:
-        try:
-            callback = classify(body)
-        except InvalidTrade as error:
-            await intake.record_invalid(session, delivery, raw, body, error)
-            await session.commit()
-            WEBHOOK_DELIVERIES.labels("trade", "invalid").inc()
-            log.warning("callback %s refused: %s", delivery.delivery_id, error.message)
-            raise
-        result = await intake.handle(session, delivery, raw, callback)
-        await session.commit()
+    try:
+        callback = classify(body)
+    except InvalidTrade as error:
+        async with driver_transaction(resources.engine) as db:
+            await intake.record_invalid(db, delivery, raw, body, error)
+        WEBHOOK_DELIVERIES.labels("trade", "invalid").inc()
+        log.warning("callback %s refused: %s", delivery.delivery_id, error.message)
+        raise
+    async with driver_transaction(resources.engine) as db:
+        result = await intake.handle(db, delivery, raw, callback)
 
     WEBHOOK_DELIVERIES.labels(callback.kind.value, result.outcome).inc()
     for posting in result.postings:
