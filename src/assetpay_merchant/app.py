@@ -99,11 +99,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(from_assetpay(exc))
 
     for router in (
+        webhooks_router.router,  # first: the busiest route is matched before any other
         users_api.router,
         catalog_api.router,
         ledger_api.router,
         trades_api.router,
-        webhooks_router.router,
         health.router,
     ):
         app.include_router(router)

@@ -81,13 +81,13 @@ LIMIT 1
 FOR UPDATE
 """
 
-_INSERT_FROM_CALLBACK = """
+_INSERT_FROM_CALLBACK = f"""
 INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game,
                     status, total_price, pre_credit, pending_credit, items, is_instant, error, hold_end_date)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::text::jsonb, $14, $15, $16)
 ON CONFLICT DO NOTHING
-RETURNING id
-"""
+RETURNING {_COLUMNS}, items::text AS items
+"""  # noqa: S608 (constant column names, no input)
 
 _SAVE = """
 UPDATE trades
@@ -118,13 +118,16 @@ async def lock(db: Connection, trade_id: uuid.UUID) -> TradeRow | None:
     return TradeRow.from_record(record) if record is not None else None
 
 
-async def _lock_for(db: Connection, payload: TradePayload, *, created: bool = False) -> TradeRow | None:
+async def _lock_for(db: Connection, payload: TradePayload) -> TradeRow | None:
     record = await db.fetchrow(_LOCK_FOR_CALLBACK, payload.id, payload.external_id)
-    return TradeRow.from_record(record, created=created) if record is not None else None
+    return TradeRow.from_record(record) if record is not None else None
 
 
-async def _insert(db: Connection, payload: TradePayload, user_id: str | None, external_id: str | None) -> bool:
-    inserted = await db.fetchval(
+async def _insert(
+    db: Connection, payload: TradePayload, user_id: str | None, external_id: str | None
+) -> TradeRow | None:
+    """The new row (ours, so locked until commit), or None when another transaction recorded it first."""
+    record = await db.fetchrow(
         _INSERT_FROM_CALLBACK,
         uuid.uuid4(),
         payload.id,
@@ -143,7 +146,7 @@ async def _insert(db: Connection, payload: TradePayload, user_id: str | None, ex
         payload.error,
         payload.hold_end_date,
     )
-    return inserted is not None
+    return TradeRow.from_record(record, created=True) if record is not None else None
 
 
 async def lock_for_callback(db: Connection, payload: TradePayload) -> TradeRow:
@@ -159,11 +162,12 @@ async def lock_for_callback(db: Connection, payload: TradePayload) -> TradeRow:
             trade.user_id = await find_user_id(db, payload)
         return trade
     user_id = await find_user_id(db, payload)
-    inserted = await _insert(db, payload, user_id, payload.external_id)
-    if not inserted and payload.external_id is not None:
+    trade = await _insert(db, payload, user_id, payload.external_id)
+    if trade is None and payload.external_id is not None:
         # The externalId is taken by another trade of the same basket (AssetPay split it): keep ours unlinked.
-        inserted = await _insert(db, payload, user_id, None)
-    trade = await _lock_for(db, payload, created=inserted)
+        trade = await _insert(db, payload, user_id, None)
+    if trade is None:  # a concurrent first delivery recorded it: wait for its lock
+        trade = await _lock_for(db, payload)
     if trade is None:  # pragma: no cover - the row exists by now, whoever inserted it
         raise LookupError(f"trade {payload.id} vanished while being recorded")
     return trade
