@@ -77,6 +77,13 @@ async def driver_transaction(engine: AsyncEngine) -> AsyncIterator[Connection]:
             yield driver
 
 
+@asynccontextmanager
+async def driver_reads(engine: AsyncEngine) -> AsyncIterator[Connection]:
+    """A pooled driver connection for a read or two that need no transaction (each statement stands alone)."""
+    async with engine.connect() as connection:
+        yield await _driver(connection)
+
+
 async def driver_connection(session: AsyncSession) -> Connection:
     """The driver connection under a session, to run money-path statements in the session's transaction.
 

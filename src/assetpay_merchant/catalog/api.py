@@ -6,6 +6,7 @@ requests of one user share one upstream call.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 from enum import IntEnum, StrEnum
@@ -15,10 +16,10 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from assetpay_merchant.auth import UserId
-from assetpay_merchant.deps import ResourcesDep, SessionDep
+from assetpay_merchant.deps import ResourcesDep
 from assetpay_merchant.gateway import Inventory, Item
 from assetpay_merchant.money import Money, format_money
-from assetpay_merchant.trades.trading import identity_of, load_user
+from assetpay_merchant.trades.trading import identity
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
 
@@ -55,25 +56,37 @@ class ItemOut(BaseModel):
     accepted: bool | None = Field(default=None, description="Accepted for deposit")
     delivery: str | None = None
 
-    @classmethod
-    def of(cls, item: Item) -> ItemOut:
-        offer = item.offer
-        known = {
-            "id": item.id,
-            "itemId": item.item_id,
-            "assetId": item.asset_id,
-            "name": item.name,
-            "marketHashName": item.market_hash_name,
-            "iconUrl": item.icon_url,
-            "price": offer.price if offer else None,
-            "marketPrice": item.market_price,
-            "amount": format(item.amount, "f") if item.amount is not None else None,
-            "tradable": item.tradable,
-            "accepted": offer.accepted if offer else None,
-            "delivery": offer.delivery if offer else None,
-        }
-        extra = {k: _plain(v) for k, v in (item.model_extra or {}).items() if k not in known and k != "offer"}
-        return cls(**known, **extra)
+
+def render_item(item: Item) -> dict[str, Any]:
+    """An item as `ItemOut` documents it, built as plain data: a page of 50 items is rendered on every
+    uncached request, and building models for it would cost more than the rest of the request."""
+    offer = item.offer
+    known: dict[str, Any] = {
+        "id": item.id,
+        "itemId": item.item_id,
+        "assetId": item.asset_id,
+        "name": item.name,
+        "marketHashName": item.market_hash_name,
+        "iconUrl": item.icon_url,
+        "price": format_money(offer.price) if offer else None,
+        "marketPrice": format_money(item.market_price) if item.market_price is not None else None,
+        "amount": format(item.amount, "f") if item.amount is not None else None,
+        "tradable": item.tradable,
+        "accepted": offer.accepted if offer else None,
+        "delivery": offer.delivery if offer else None,
+    }
+    for name, value in (item.model_extra or {}).items():
+        if name not in known and name != "offer":
+            known[name] = _plain(value)
+    return known
+
+
+def json_response(body: dict[str, Any]) -> Response:
+    return Response(render(body), media_type="application/json")
+
+
+def render(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
 
 
 def _plain(value: Any) -> Any:
@@ -115,12 +128,12 @@ UPSTREAM_ERRORS: dict[int | str, dict[str, Any]] = {
 
 @router.get(
     "/inventory",
+    response_model=InventoryOut,
     summary="The user's Steam inventory with prices and instant-credit estimate",
     responses=UPSTREAM_ERRORS,
 )
 async def inventory(
     user_id: UserId,
-    session: SessionDep,
     resources: ResourcesDep,
     game: Game = GameId.CS2,
     refresh: Annotated[bool, Query(description="Skip AssetPay's 15-minute inventory cache")] = False,
@@ -130,14 +143,13 @@ async def inventory(
     maxPrice: Price = None,
     page: Page = 1,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> InventoryOut:
-    user = await load_user(session, user_id)
-    await session.close()  # nothing more to read: give the connection back before waiting on AssetPay
+) -> Response:
+    user = await identity(resources.engine, user_id)
     key = (user_id, int(game), refresh, search, sort, minPrice, maxPrice, page, limit)
 
     async def load() -> Inventory:
         return await resources.assetpay.inventory(
-            identity_of(user),
+            user,
             game=int(game),
             refresh=refresh,
             search=search,
@@ -149,18 +161,19 @@ async def inventory(
         )
 
     result = await resources.inventory_flights.run(key, load)
-    return InventoryOut(
-        items=[ItemOut.of(item) for item in result.items],
-        count=result.count,
-        collateral=result.collateral,
-        updatedAt=result.updated_at,
+    return json_response(
+        {
+            "items": [render_item(item) for item in result.items],
+            "count": result.count,
+            "collateral": format_money(result.collateral),
+            "updatedAt": result.updated_at.isoformat().replace("+00:00", "Z") if result.updated_at else None,
+        }
     )
 
 
 @router.get("/market", summary="Market listings the user can buy", response_model=MarketOut, responses=UPSTREAM_ERRORS)
 async def market(
     user_id: UserId,
-    session: SessionDep,
     resources: ResourcesDep,
     game: Game = GameId.CS2,
     search: Search = None,
@@ -170,13 +183,12 @@ async def market(
     page: Page = 1,
     perPage: Annotated[int, Query(ge=1, le=100)] = 50,
 ) -> Response:
-    user = await load_user(session, user_id)
-    await session.close()
+    user = await identity(resources.engine, user_id)
     key = (int(game), search, sort, minPrice, maxPrice, page, perPage)
 
     async def load() -> bytes:
         page_ = await resources.assetpay.market(
-            identity_of(user),
+            user,
             game=int(game),
             search=search,
             sort=sort.value if sort else None,
@@ -186,7 +198,7 @@ async def market(
             per_page=perPage,
         )
         # Kept rendered: a cache hit costs no conversion at all.
-        return MarketOut(items=[ItemOut.of(item) for item in page_.items], count=page_.count).model_dump_json().encode()
+        return render({"items": [render_item(item) for item in page_.items], "count": page_.count})
 
     body, _ = await resources.market_cache.get(key, load)
     return Response(body, media_type="application/json")

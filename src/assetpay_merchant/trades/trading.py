@@ -7,6 +7,7 @@ several short transactions per request, and never keeps one open across a call t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -21,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from assetpay_merchant import idempotency
-from assetpay_merchant.db import driver_connection, driver_transaction
+from assetpay_merchant.db import driver_connection, driver_reads, driver_transaction
 from assetpay_merchant.errors import AppError, Conflict, NotFound
 from assetpay_merchant.gateway import (
     AssetPayClient,
@@ -105,6 +106,21 @@ class Started:
 def identity_of(user: User) -> ClientIdentity:
     return ClientIdentity(
         user_id=user.id, steam_id=user.steam_id, trade_url=user.trade_url, client_data=user.client_data or None
+    )
+
+
+_IDENTITY = "SELECT steam_id, trade_url, client_data::text FROM users WHERE id = $1"
+
+
+async def identity(engine: AsyncEngine, user_id: str) -> ClientIdentity:
+    """The user as AssetPay should see them, read in one statement (the catalog routes ask on every request)."""
+    async with driver_reads(engine) as db:
+        row = await db.fetchrow(_IDENTITY, user_id)
+    if row is None:
+        raise NotFound("No such user: the platform registers users with PUT /v1/users/{id}", key="USER_NOT_FOUND")
+    steam_id, trade_url, client_data = row
+    return ClientIdentity(
+        user_id=user_id, steam_id=steam_id, trade_url=trade_url, client_data=json.loads(client_data) or None
     )
 
 

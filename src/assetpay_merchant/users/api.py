@@ -13,7 +13,7 @@ from assetpay_merchant.auth import AdminOnly, UserId
 from assetpay_merchant.deps import ResourcesDep, SessionDep, SettingsDep
 from assetpay_merchant.ledger.api import BalanceOut, balance_of
 from assetpay_merchant.routing import ExactJSONRoute
-from assetpay_merchant.trades.trading import identity_of, load_user
+from assetpay_merchant.trades.trading import identity, load_user
 from assetpay_merchant.users.models import STEAM_ID_PATTERN, TRADE_URL_PATTERN, User
 from assetpay_merchant.users.service import adopt_trades, upsert_user
 
@@ -124,8 +124,6 @@ class ClientTokenOut(BaseModel):
     summary="An AssetPay client token for the frontend",
     responses={404: {"description": "The user is not registered"}, 502: {"description": "AssetPay failed"}},
 )
-async def client_token(user_id: UserId, session: SessionDep, resources: ResourcesDep) -> ClientTokenOut:
-    user = await load_user(session, user_id)
-    await session.close()
-    token = await resources.assetpay.client_token(identity_of(user))
+async def client_token(user_id: UserId, resources: ResourcesDep) -> ClientTokenOut:
+    token = await resources.assetpay.client_token(await identity(resources.engine, user_id))
     return ClientTokenOut(token=token.token, expiresAt=token.expires_at)
