@@ -338,9 +338,8 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> None:
-    print(
-        f"\n== proxy: {args.senders} senders, upstream answers after {args.upstream_ms} ms, {args.duration} s per phase =="
-    )
+    phases = f"{args.senders} senders, upstream answers after {args.upstream_ms} ms, {args.duration} s per phase"
+    print(f"\n== proxy: {phases} ==")
     for name, r in results.items():
         print(
             f"{name:9s}: added p50 {r['added_p50_ms']:6.2f} ms  p99 {r['added_p99_ms']:6.2f} ms | "

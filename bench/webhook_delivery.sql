@@ -1,0 +1,126 @@
+-- One AssetPay trade callback as the app handles it: the statements of webhooks/intake.py, trades/service.py and
+-- ledger/service.py, in the same order, one transaction per delivery. bench/webhooks.py runs it as
+--   pgbench -n -M prepared -c 16 -j 2 -T <s> -f bench/webhook_delivery.sql -D users=200 -D dup_pct=10 -D revert_pct=20
+--           -D steam_base=76561198100000000 -D d=0 -D t=0 -D phase=0 -D dkey=0 -D tkey=0
+--           -D raw_body=<a callback body, ~1.1 kB of JSON> -D items=<its items as the app stores them> <database>
+-- and warns when the app's statements no longer match the ones below (keep them in step: see bench/README.md).
+-- Prepared mode only: :variables become bind parameters, as with asyncpg's prepared statements, so the raw body
+-- and the items travel with every execution and are parsed every time, as the app's are.
+--
+-- Each pgbench client keeps its variables between transactions and walks its own deposits like a sender of the
+-- app benchmark: dup_pct % of transactions resend its previous delivery (the insert conflicts: nothing else
+-- happens), the others alternate between "hold" for a new trade (recorded, pre-credited) and "completed" or
+-- (revert_pct %) "reverted" for that trade. Amounts are whole dollars; users are bench-user-1..users with Steam ids
+-- steam_base + i. What it writes keeps the ledger exact, so the ledger check still passes after it.
+
+\if :d > 0 and random(1, 100) <= :dup_pct
+-- an exact duplicate of this client's previous delivery: recorded already, so the app stops here
+BEGIN;
+INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, signed_at, raw_body)
+VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING id;
+COMMIT;
+\else
+\set d :d + 1
+\set dkey :client_id * 1000000000 + :d
+\if :phase = 0
+-- hold: the first we hear of the trade (9 round trips)
+\set t :t + 1
+\set tkey :client_id * 1000000000 + :t
+\set uid random(1, :users)
+\set steam :steam_base + :uid
+\set total random(10, 2000)
+\set pre :total * 6 / 10
+\set pending :total - :pre
+\set phase 1
+BEGIN;
+INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, signed_at, raw_body)
+VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING id \gset dlv_
+SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
+WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
+ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
+LIMIT 1
+FOR UPDATE;
+SELECT id FROM users WHERE id = 'bench-user-' || :uid OR steam_id = :steam::text
+ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
+LIMIT 1;
+INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game,
+                    status, total_price, pre_credit, pending_credit, items, is_instant, error, hold_end_date)
+VALUES (gen_random_uuid(), 'pgb-t-' || :tkey, 'pgb-x-' || :tkey, 'bench-user-' || :uid, :steam::text, 'bench-user-' || :uid, 'deposit', '730', 'hold', :total, :pre, :pending, :items::text::jsonb, true, NULL, now() + interval '7 days')
+ON CONFLICT DO NOTHING
+RETURNING id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items \gset tr_
+WITH moved AS (
+    UPDATE balances SET available = available + :pre, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+)
+INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+SELECT 'bench-user-' || :uid, :tr_id, :pre, 'pre_credit', available FROM moved
+RETURNING balance_after;
+UPDATE trades
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = :tr_status, game = :tr_game, total_price = :total, pre_credit = :pre,
+    pending_credit = :pending, approved_amount = NULL, posted = :pre, items = :items::text::jsonb, is_instant = true,
+    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+WHERE id = :tr_id
+RETURNING updated_at;
+UPDATE webhook_deliveries SET outcome = 'created', trade_id = :tr_id WHERE id = :dlv_id;
+COMMIT;
+\else
+-- completed (credit the rest) or reverted (take the pre-credit back) for the trade this client put in hold
+-- (7 round trips)
+\set phase 0
+\if random(1, 100) <= :revert_pct
+\set minus_pre 0 - :pre
+BEGIN;
+INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, signed_at, raw_body)
+VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING id \gset dlv_
+SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
+WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
+ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
+LIMIT 1
+FOR UPDATE \gset tr_
+WITH moved AS (
+    UPDATE balances SET available = available + :minus_pre, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+)
+INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+SELECT 'bench-user-' || :uid, :tr_id, :minus_pre, 'reversal', available FROM moved
+RETURNING balance_after;
+UPDATE trades
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = 'reverted', game = :tr_game, total_price = :total, pre_credit = :pre,
+    pending_credit = :pending, approved_amount = NULL, posted = 0, items = :items::text::jsonb, is_instant = true,
+    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+WHERE id = :tr_id
+RETURNING updated_at;
+UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
+COMMIT;
+\else
+BEGIN;
+INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, signed_at, raw_body)
+VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
+ON CONFLICT (delivery_id) DO NOTHING
+RETURNING id \gset dlv_
+SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
+WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
+ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
+LIMIT 1
+FOR UPDATE \gset tr_
+WITH moved AS (
+    UPDATE balances SET available = available + :pending, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+)
+INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+SELECT 'bench-user-' || :uid, :tr_id, :pending, 'credit', available FROM moved
+RETURNING balance_after;
+UPDATE trades
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = 'completed', game = :tr_game, total_price = :total, pre_credit = :pre,
+    pending_credit = :pending, approved_amount = NULL, posted = :total, items = :items::text::jsonb, is_instant = true,
+    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+WHERE id = :tr_id
+RETURNING updated_at;
+UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
+COMMIT;
+\endif
+\endif
+\endif
