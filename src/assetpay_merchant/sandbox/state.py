@@ -25,26 +25,6 @@ ZERO = Decimal(0)
 IN_FLIGHT = frozenset({"initiated", "pending", "active", "hold"})
 FINAL = frozenset({"completed", "failed", "canceled", "declined", "reverted"})
 FAILURES = FINAL - {"completed"}
-TRADE_ERRORS = frozenset(
-    {
-        "LISTING_UNAVAILABLE",
-        "NO_LISTING_AT_PRICE",
-        "PRICE_CHANGED",
-        "TRADE_URL_INVALID",
-        "STEAM_ACCOUNT_RESTRICTED",
-        "BUYER_TRADE_RESTRICTED",
-        "OFFER_NOT_ACCEPTED",
-        "MARKET_UNAVAILABLE",
-        "PURCHASE_FAILED",
-        "USER_TRADE_RESTRICTED",
-        "USER_INVENTORY_PRIVATE",
-        "USER_ESCROW",
-        "USER_NOT_FOUND",
-        "SERVICE_UNAVAILABLE",
-        "MERCHANT_REJECTED",
-        "APPROVAL_TIMEOUT",
-    }
-)
 ITEM_ERRORS = frozenset(
     {
         "LISTING_UNAVAILABLE",
@@ -58,6 +38,15 @@ ITEM_ERRORS = frozenset(
         "PURCHASE_FAILED",
     }
 )
+TRADE_ERRORS = ITEM_ERRORS | {
+    "USER_TRADE_RESTRICTED",
+    "USER_INVENTORY_PRIVATE",
+    "USER_ESCROW",
+    "USER_NOT_FOUND",
+    "SERVICE_UNAVAILABLE",
+    "MERCHANT_REJECTED",
+    "APPROVAL_TIMEOUT",
+}
 FORCED_ENDINGS = ("completed", "reverted", "failed", "declined", "canceled")
 
 # Per end user (merchant + Steam id), as ASSETPAY.md §3 documents.
