@@ -39,6 +39,7 @@ JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
 ADMIN_KEY = "bench-admin-key"
 MERCHANT_ID = "0b9f9d9e-2f0e-4f7e-9a51-6f0f3c2c1a11"
 TRADE_URL = "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12"
+SERVE = [sys.executable, "-m", "assetpay_merchant.cli", "serve"]
 TARGETS = {"added_p50_ms": 2.0, "uncached_ratio": 0.6, "cached_ratio": 10.0}
 
 
@@ -307,7 +308,7 @@ async def main(args: argparse.Namespace) -> int:
         with process(stub_command, dict(os.environ)):
             await asyncio.sleep(0.5)
             for ttl, phase in ((0.0, "uncached"), (args.cache_ttl, "cached")):
-                serve = [sys.executable, "-m", "assetpay_merchant.cli", "serve", "--port", str(backend_port)]
+                serve = [*SERVE, "--port", str(backend_port), "--workers", str(args.workers)]
                 with process(serve, backend_env(database, stub_port, ttl)):
                     await wait_ready(f"http://127.0.0.1:{backend_port}/readyz")
                     if phase == "uncached":
@@ -360,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sequential", type=int, default=300, help="requests for the latency figures")
     parser.add_argument("--upstream-ms", type=float, default=100.0, help="how long the stub takes to answer")
     parser.add_argument("--page-size", type=int, default=50, help="items per stub answer")
+    parser.add_argument("--workers", type=int, default=2, help="uvicorn workers of the backend (as deployed)")
     parser.add_argument("--cache-ttl", type=float, default=10.0, help="market cache TTL in the cached phase")
     parser.add_argument("--serve-stub", type=int, help=argparse.SUPPRESS)
     return parser

@@ -54,11 +54,16 @@ class TTLCache(Generic[T]):
         self._entries: OrderedDict[Hashable, tuple[float, T]] = OrderedDict()
         self._flights: SingleFlight[T] = SingleFlight()
 
+    def peek(self, key: Hashable) -> T | None:
+        """The cached value while fresh, without loading anything."""
+        entry = self._entries.get(key)
+        return entry[1] if entry is not None and entry[0] > self._clock() else None
+
     async def get(self, key: Hashable, loader: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """`(value, hit)`: the cached value while fresh, else the loader's (shared with concurrent misses)."""
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > self._clock():
-            return entry[1], True
+        cached = self.peek(key)
+        if cached is not None:
+            return cached, True
 
         async def load_and_keep() -> T:
             value = await loader()
