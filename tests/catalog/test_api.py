@@ -307,3 +307,20 @@ async def test_inventory_for_an_unregistered_user_is_404(client: httpx.AsyncClie
     assert response.status_code == 404
     assert response.json()["error"]["key"] == "USER_NOT_FOUND"
     assert assetpay.router.calls.call_count == 0
+
+
+async def test_a_cached_market_page_is_served_without_the_user_and_a_miss_needs_a_registered_user(
+    client: httpx.AsyncClient, assetpay: AssetPay
+) -> None:
+    await register(client, "regular")
+    assetpay.market.reply(market_page("4.20"))
+    first = await client.get("/v1/market", params={"page": 1}, headers=auth("regular"))
+    assert first.status_code == 200, first.text
+
+    cached = await client.get("/v1/market", params={"page": 1}, headers=auth("never-registered"))
+    assert cached.status_code == 200
+    assert cached.json() == first.json()
+    missed = await client.get("/v1/market", params={"page": 2}, headers=auth("never-registered"))
+    assert missed.status_code == 404
+    assert missed.json()["error"]["key"] == "USER_NOT_FOUND"
+    assert assetpay.market.call_count == 1
