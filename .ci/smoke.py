@@ -22,8 +22,9 @@ import httpx
 import jwt
 import simplejson
 
-from assetpay_merchant.config import DEV_ADMIN_API_KEY, DEV_AUTH_JWT_SECRET, SANDBOX_API_SECRET
 from assetpay_merchant.gateway.signature import signature_header
+from assetpay_sandbox.credentials import SANDBOX_API_SECRET
+from assetpay_sandbox.dev import DEV_ADMIN_API_KEY, DEV_AUTH_JWT_SECRET
 
 STARTUP_SECONDS = 180
 
@@ -83,7 +84,11 @@ def exercise(base: str) -> None:
 
 
 def main() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "ASSETPAY_", "ENVIRONMENT"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DATABASE_URL", "ASSETPAY_", "AUTH_JWT_", "ADMIN_API_KEY"))
+    }
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="assetpay-smoke-") as data_dir:

@@ -226,7 +226,6 @@ def backend_env(database: str, stub_port: int, cache_ttl: float) -> dict[str, st
     env = {k: v for k, v in os.environ.items() if not k.startswith("ASSETPAY_")}
     env.update(
         DATABASE_URL=database,
-        ENVIRONMENT="development",
         ASSETPAY_BASE_URL=f"http://127.0.0.1:{stub_port}",
         ASSETPAY_API_KEY="ap_bench",
         ASSETPAY_API_SECRET="bench-api-secret",

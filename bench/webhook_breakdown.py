@@ -10,11 +10,11 @@ hold up on a busy machine better than throughput does):
 
   verify        gateway.signature.verify (HMAC over the raw body)
   decode        payloads.decode_json (json, Decimal numbers)
-  classify      payloads.classify (pydantic TradePayload)
-  intake        webhooks.intake.handle in db.driver_transaction: the app's SQL and its logic around it
+  classify      gateway.callbacks.classify (pydantic TradeSnapshot)
+  intake        services.intake.receive (its own unit of work): the app's SQL and its logic around it
   bare SQL      the same statements (the app's own SQL constants) on a plain asyncpg connection, no app logic
   asgi          the whole route through FastAPI/Starlette (the ASGI app called directly: no uvicorn, no sockets)
-  empty tx      db.driver_transaction with nothing in it (pool checkout, BEGIN, COMMIT)
+  empty tx      Database.unit_of_work with nothing in it (pool checkout and ping, BEGIN, COMMIT)
   SELECT 1      one round trip on asyncpg
 
 CPU ms is this process's CPU per delivery (intake and bare SQL without verify/decode/classify, which have rows of
@@ -45,10 +45,10 @@ from pydantic import SecretStr
 import webhooks as bench  # bench/webhooks.py (this directory is sys.path[0])
 from assetpay_merchant.app import create_app
 from assetpay_merchant.config import Settings
-from assetpay_merchant.db import create_engine, driver_transaction
+from assetpay_merchant.gateway.callbacks import classify, decode_json
 from assetpay_merchant.gateway.signature import SIGNATURE_HEADER, SignedDelivery, verify
-from assetpay_merchant.webhooks import intake
-from assetpay_merchant.webhooks.payloads import classify, decode_json
+from assetpay_merchant.services import intake
+from assetpay_merchant.store.database import Database, create_engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,12 +302,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Row]:
             results["classify"] = Row(cpu_per_call(bodies, classify))
             parsing = results["verify"].cpu + results["decode"].cpu + results["classify"].cpu
 
-            engine = create_engine(database, pool_size=1, max_overflow=0)
+            database_ = Database(create_engine(database, pool_size=1, max_overflow=0))
             connection = await asyncpg.connect(database)
             settings = Settings(
                 database_url=database,
+                assetpay_api_key=SecretStr("ap_bench_key"),
                 assetpay_api_secret=SecretStr(bench.WEBHOOK_SECRET),
                 admin_api_key=SecretStr(bench.ADMIN_KEY),
+                auth_jwt_secret=SecretStr(bench.JWT_SECRET),
                 log_level="WARNING",
             )
             app = create_app(settings)
@@ -318,11 +320,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Row]:
                     async def apply(step: Step) -> None:
                         signed = signed_delivery(step)
                         callback = classify(decode_json(step.delivery.body))
-                        async with driver_transaction(engine) as db:
-                            await intake.handle(db, signed, step.delivery.body, callback)
+                        await intake.receive(database_, signed, step.delivery.body, callback)
 
                     async def empty(_: object) -> None:
-                        async with driver_transaction(engine):
+                        async with database_.unit_of_work():
                             pass
 
                     async def select_one(_: object) -> None:
@@ -348,7 +349,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Row]:
                                 results[stage] = row
             finally:
                 await connection.close()
-                await engine.dispose()
+                await database_.dispose()
     finally:
         server.stop()
     return results

@@ -51,10 +51,11 @@ import simplejson
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-from assetpay_merchant.db import EmbeddedPostgres, create_engine, session_factory
 from assetpay_merchant.gateway.signature import SIGNATURE_HEADER, signature_header
-from assetpay_merchant.ledger.service import check
-from assetpay_merchant.migrate import upgrade_async
+from assetpay_merchant.store.database import Database, create_engine
+from assetpay_merchant.store.embedded import EmbeddedPostgres
+from assetpay_merchant.store.ledger import check
+from assetpay_merchant.store.migrations import upgrade_async
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -64,6 +65,7 @@ DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 WEBHOOK_SECRET = "bench-webhook-secret"  # a throw-away secret for a throw-away app
 ADMIN_KEY = "bench-admin-key"
+JWT_SECRET = "bench-jwt-secret-of-at-least-32-bytes"
 TRADE_URL = "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12"
 STEAM_ID_BASE = 76561198100000000  # user i has Steam id STEAM_ID_BASE + i (the pgbench script knows this too)
 USER_PREFIX = "bench-user-"  # user i is USER_PREFIX + str(i), i = 1..users (the pgbench script knows this too)
@@ -296,8 +298,9 @@ class App:
             DATABASE_URL=plain_url(self.database),
             ASSETPAY_API_SECRET=WEBHOOK_SECRET,
             ASSETPAY_API_SECRET_PREVIOUS="",
+            ASSETPAY_API_KEY="ap_bench_key",
             ADMIN_API_KEY=ADMIN_KEY,
-            ENVIRONMENT="development",
+            AUTH_JWT_SECRET=JWT_SECRET,
             LOG_LEVEL="WARNING",
             LOG_JSON="false",
         )
@@ -876,8 +879,8 @@ class LedgerReport:
 async def ledger_report(database: URL, expected: dict[int, Decimal] | None = None) -> LedgerReport:
     engine = create_engine(plain_url(database), poolclass=NullPool)
     try:
-        async with session_factory(engine)() as session:
-            problems = [f"{p.subject}: {p.detail}" for p in await check(session)]
+        async with Database(engine).snapshot() as db:
+            problems = [f"{p.subject}: {p.detail}" for p in await check(db)]
         mismatches: list[str] = []
         if expected is not None:
             connection = await asyncpg.connect(plain_url(database))

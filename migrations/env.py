@@ -8,8 +8,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.config import Settings
-from assetpay_merchant.db import create_engine
-from assetpay_merchant.models import Base
+from assetpay_merchant.store.database import create_engine
+from assetpay_merchant.store.tables import Base
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logging", True):

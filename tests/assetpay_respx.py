@@ -25,7 +25,7 @@ import respx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from assetpay_merchant.deps import Resources
+from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.gateway.tokens import TokenCache
 from tests.gateway import fake_assetpay
 from tests.gateway.fake_assetpay import fail, ok
@@ -193,7 +193,7 @@ def not_found() -> httpx.Response:
 
 def forget_caches(resources: Resources) -> None:
     """No market page or client token leaks from one test into the next."""
-    resources.market_cache.clear()
+    resources.catalog.market_cache.clear()
     resources.assetpay._tokens = TokenCache()
 
 

@@ -20,12 +20,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
+from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.app import create_app
-from assetpay_merchant.config import Environment, Settings
-from assetpay_merchant.db import EmbeddedPostgres, create_engine
-from assetpay_merchant.deps import Resources
-from assetpay_merchant.migrate import upgrade_async
-from assetpay_merchant.models import Base
+from assetpay_merchant.config import Settings
+from assetpay_merchant.store.database import create_engine
+from assetpay_merchant.store.embedded import EmbeddedPostgres
+from assetpay_merchant.store.migrations import upgrade_async
+from assetpay_merchant.store.tables import Base
 from tests.support import ADMIN_KEY, JWT_SECRET, PREVIOUS_WEBHOOK_SECRET, WEBHOOK_SECRET
 
 
@@ -93,7 +94,6 @@ async def database_url(scratch: ScratchDatabases) -> str:
 def settings(database_url: str) -> Settings:
     return Settings(
         _env_file=None,  # type: ignore[call-arg]
-        environment=Environment.TEST,
         database_url=database_url,
         auth_jwt_secret=SecretStr(JWT_SECRET),
         admin_api_key=SecretStr(ADMIN_KEY),
@@ -121,7 +121,7 @@ def resources(app: FastAPI) -> Resources:
 
 @pytest.fixture(scope="session")
 def engine(resources: Resources) -> AsyncEngine:
-    return resources.engine
+    return resources.database.engine
 
 
 @pytest.fixture

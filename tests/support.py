@@ -12,8 +12,11 @@ from typing import Any
 import httpx
 import jwt
 import simplejson
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from assetpay_merchant.gateway.signature import signature_header
+from assetpay_merchant.store.database import Database
+from assetpay_merchant.store.ledger import Discrepancy, check
 
 JWT_SECRET = "test-jwt-secret-of-at-least-32-bytes"
 ADMIN_KEY = "test-admin-key"
@@ -139,3 +142,9 @@ async def balance(client: httpx.AsyncClient, user_id: str) -> Decimal:
     response = await client.get("/v1/balance", headers=auth(user_id))
     assert response.status_code == 200, response.text
     return Decimal(response.json()["available"])
+
+
+async def ledger_problems(engine: AsyncEngine) -> list[Discrepancy]:
+    """What the ops check (`assetpay-merchant ledger check`) finds wrong with the books, on one snapshot."""
+    async with Database(engine).snapshot() as db:
+        return await check(db)

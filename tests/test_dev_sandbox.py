@@ -7,23 +7,18 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from assetpay_merchant.app import create_app
-from assetpay_merchant.config import DEV_ADMIN_API_KEY, Environment, Settings
-from assetpay_merchant.ledger.service import check
-from tests.support import TRADE_URL, user_token
+from assetpay_merchant.config import Settings
+from assetpay_sandbox.dev import DEV_ADMIN_API_KEY, DEV_AUTH_JWT_SECRET, create_dev_app
+from tests.support import TRADE_URL, ledger_problems, user_token
 
 
 @pytest.fixture
 async def dev_client(database_url):
-    settings = Settings(_env_file=None, environment=Environment.DEVELOPMENT, database_url=database_url)
-    assert settings.uses_sandbox
-    app = create_app(settings)
+    app = create_dev_app(Settings(_env_file=None, database_url=database_url))
     async with LifespanManager(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://dev.test") as http:
-            http.headers["Authorization"] = (
-                f"Bearer {user_token('player', secret=settings.auth_jwt_secret.get_secret_value())}"
-            )
+            http.headers["Authorization"] = f"Bearer {user_token('player', secret=DEV_AUTH_JWT_SECRET)}"
             yield http, app.state.resources
 
 
@@ -80,5 +75,4 @@ async def test_deposit_then_withdraw_through_the_sandbox(dev_client):
     assert trade["status"] == "completed"
     assert Decimal(trade["credited"]) == -price
     assert Decimal((await http.get("/v1/balance")).json()["available"]) == total - price
-    async with resources.sessions() as session:
-        assert await check(session) == []
+    assert await ledger_problems(resources.database.engine) == []

@@ -1,6 +1,6 @@
 from sqlalchemy import text
 
-from assetpay_merchant.migrate import head_revision
+from assetpay_merchant.store.migrations import head_revision
 from tests.support import deliver_trade, register_user, trade
 
 

@@ -17,9 +17,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
-from assetpay_merchant import migrate
-from assetpay_merchant.db import create_engine
-from assetpay_merchant.models import Base
+from assetpay_merchant.store import migrations as migrate
+from assetpay_merchant.store.database import create_engine
+from assetpay_merchant.store.tables import Base
 from tests.conftest import ScratchDatabases
 
 TABLES = {table.name for table in Base.metadata.sorted_tables}

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from assetpay_merchant.deps import Resources
+from assetpay_merchant.api.deps import Resources
 from tests.assetpay_respx import (
     API_KEY,
     API_SECRET,

@@ -1,110 +1,119 @@
-"""`create_app()`: the FastAPI application, its routes and its resources."""
+"""`create_app()`: the FastAPI application, its routes and its resources (built in `lifespan`)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
-from assetpay_merchant import health
-from assetpay_merchant.catalog import api as catalog_api
-from assetpay_merchant.catalog.cache import TTLCache
+from assetpay_merchant.api import catalog, health, ledger, trades, users, webhooks
+from assetpay_merchant.api.auth import TokenVerifier
+from assetpay_merchant.api.deps import Resources, WebSettings
+from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import Settings
-from assetpay_merchant.db import create_engine, resolve_database_url, session_factory
-from assetpay_merchant.deps import Resources
-from assetpay_merchant.errors import error_response, install_error_handlers
-from assetpay_merchant.gateway import AssetPayClient, AssetPayError, create_http_client
-from assetpay_merchant.ledger import api as ledger_api
-from assetpay_merchant.migrate import upgrade_async
-from assetpay_merchant.sandbox import create_sandbox_app, sandbox_of
-from assetpay_merchant.trades import api as trades_api
-from assetpay_merchant.upstream import from_assetpay
-from assetpay_merchant.users import api as users_api
-from assetpay_merchant.webhooks import router as webhooks_router
+from assetpay_merchant.gateway import AssetPayClient, create_http_client
+from assetpay_merchant.services.cache import TTLCache
+from assetpay_merchant.services.catalog import Catalog
+from assetpay_merchant.store.database import Database, create_engine
 
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 The merchant's backend for AssetPay skin trading: balances, trades and the ledger for the frontend, and the
-callback endpoint for AssetPay. End users authenticate with `Authorization: Bearer <JWT>` (HS256, signed by the
-merchant platform, `sub` = user id); the platform itself with `X-Admin-Key`. Money is a decimal string (`"60.00"`).
-Errors are `{"error": {"key": "...", "message": "...", "fields": {...}}}`.
+callback endpoint for AssetPay. End users authenticate with `Authorization: Bearer <JWT>` (signed by the merchant
+platform, `sub` = user id, `exp` required); the platform itself with `X-Admin-Key`. Money is a decimal string
+(`"60.00"`). Errors are `{"error": {"key": "...", "message": "...", "fields": {...}}}`.
 """
 
-
-SANDBOX_PREFIX = "/sandbox"
-SANDBOX_URL = f"http://backend.internal{SANDBOX_PREFIX}"
+LifespanExtension = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
-def _mount_sandbox(app: FastAPI) -> FastAPI:
-    """The built-in AssetPay sandbox at /sandbox; its callbacks come back to this app in-process."""
-    sandbox = create_sandbox_app(
-        callback_url="http://backend.internal/webhooks/assetpay",
-        callback_transport=httpx.ASGITransport(app=app),
+def token_verifier(settings: Settings) -> TokenVerifier:
+    public_key = settings.auth_jwt_public_key.get_secret_value() if settings.auth_jwt_public_key else ""
+    if public_key.strip():
+        key: str | bytes = public_key.replace("\\n", "\n")  # a PEM may come as one line with literal \n
+    else:
+        assert settings.auth_jwt_secret is not None
+        key = settings.auth_jwt_secret.get_secret_value().encode()
+    return TokenVerifier(
+        key, [settings.auth_jwt_algorithm], audience=settings.auth_jwt_audience, issuer=settings.auth_jwt_issuer
     )
-    app.mount(SANDBOX_PREFIX, sandbox)
-    return sandbox
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def web_settings(settings: Settings) -> WebSettings:
+    assert settings.admin_api_key is not None
+    return WebSettings(
+        admin_api_key=settings.admin_api_key.get_secret_value().encode(),
+        webhook_secrets=settings.webhook_secrets,
+        webhook_tolerance_seconds=settings.webhook_tolerance_seconds,
+        currency=settings.currency,
+        max_webhook_body_bytes=settings.max_webhook_body_bytes,
+    )
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    development: bool = False,
+    assetpay_transport: httpx.AsyncBaseTransport | None = None,
+    lifespan_extension: LifespanExtension | None = None,
+) -> FastAPI:
+    """The service. It refuses to be built with settings anyone could exploit (`ConfigurationError` names the
+    variable), unless `development` says these are `dev`'s own defaults. `assetpay_transport` and
+    `lifespan_extension` let `dev` put its in-process sandbox where AssetPay would be."""
     settings = settings or Settings()
+    if not development:
+        settings.require_safe()
+    database_url = settings.require_database_url()
+    verify_user_token = token_verifier(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        database_url, embedded = resolve_database_url(settings)
-        if embedded is not None:
-            await upgrade_async(database_url)  # we own the embedded database, so we keep it at head
-        engine = create_engine(database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_max_overflow)
+        database = Database(
+            create_engine(
+                database_url,
+                pool_size=settings.db_pool_size,
+                max_overflow=settings.db_max_overflow,
+                pool_timeout=settings.db_pool_timeout_seconds,
+            )
+        )
         http = create_http_client(
             connect_timeout=settings.assetpay_connect_timeout_seconds,
             read_timeout=settings.assetpay_read_timeout_seconds,
             max_connections=settings.assetpay_max_connections,
-            # The sandbox is served by this very app: reach it in-process, on no port at all.
-            transport=httpx.ASGITransport(app=app) if sandbox is not None else None,
+            transport=assetpay_transport,
         )
-        gateway_settings = settings
-        if sandbox is not None:
-            gateway_settings = settings.model_copy(update={"assetpay_base_url": SANDBOX_URL})
-            await sandbox_of(sandbox).start()
+        assetpay = AssetPayClient(
+            http,
+            base_url=settings.assetpay_base_url,
+            api_key=settings.assetpay_api_key,
+            api_secret=settings.assetpay_api_secret,
+            merchant_id=settings.assetpay_merchant_id,
+        )
         app.state.resources = Resources(
-            settings=settings,
-            engine=engine,
-            sessions=session_factory(engine),
-            http=http,
-            assetpay=AssetPayClient.from_settings(http, gateway_settings),
-            market_cache=TTLCache(settings.market_cache_ttl_seconds),
-            embedded=embedded,
+            settings=web_settings(settings),
+            database=database,
+            assetpay=assetpay,
+            catalog=Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds)),
+            verify_user_token=verify_user_token,
         )
-        log.info("ready (environment=%s, sandbox=%s)", settings.environment.value, settings.uses_sandbox)
         try:
-            yield
+            if lifespan_extension is None:
+                log.info("ready")
+                yield
+            else:
+                async with lifespan_extension(app):
+                    log.info("ready (development)")
+                    yield
         finally:
-            if sandbox is not None:
-                await sandbox_of(sandbox).stop()
             await http.aclose()
-            await engine.dispose()
-            if embedded is not None:
-                embedded.stop()
+            await database.dispose()
 
     app = FastAPI(title="AssetPay merchant backend", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    sandbox = _mount_sandbox(app) if settings.uses_sandbox else None
-
-    @app.exception_handler(AssetPayError)
-    async def _assetpay_error(_: Request, exc: AssetPayError) -> JSONResponse:
-        return error_response(from_assetpay(exc))
-
-    for router in (
-        webhooks_router.router,  # first: the busiest route is matched before any other
-        users_api.router,
-        catalog_api.router,
-        ledger_api.router,
-        trades_api.router,
-        health.router,
-    ):
-        app.include_router(router)
+    for module in (webhooks, users, catalog, ledger, trades, health):  # webhooks first: the busiest route
+        app.include_router(module.router)
     return app

@@ -1,100 +1,73 @@
-"""The `assetpay-merchant` command: serve, migrate, dev, and ledger checks for ops."""
+"""The `assetpay-merchant` command: serve, migrate, dev, and ledger checks for ops.
+
+`serve`, `migrate` and `ledger check` need DATABASE_URL; `serve` refuses to start with any missing or unsafe
+secret. Only `dev` starts an embedded PostgreSQL and the AssetPay sandbox.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import time
 
-import jwt
 from pydantic import ValidationError
+from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.config import ConfigurationError, Settings
-from assetpay_merchant.db import EmbeddedPostgres, create_engine, session_factory
-from assetpay_merchant.ledger.service import check
-from assetpay_merchant.migrate import upgrade
 from assetpay_merchant.observability import configure_logging
-
-DEMO_USER = "demo-user"
-
-
-def _database_url(settings: Settings, *, migrate: bool) -> str:
-    """The configured database, or an embedded one started here (and kept at head) when none is configured.
-
-    The URL is exported so that uvicorn's workers, started after this, use the same database.
-    """
-    if settings.database_url:
-        url = settings.database_url
-        if migrate:
-            upgrade(url)
-    else:
-        url = EmbeddedPostgres(settings.data_dir / "postgres").start()
-        upgrade(url)
-    os.environ["DATABASE_URL"] = url
-    return url
+from assetpay_merchant.store.database import Database, create_engine
+from assetpay_merchant.store.ledger import check
+from assetpay_merchant.store.migrations import upgrade
 
 
-def _serve(settings: Settings, host: str, port: int, workers: int) -> None:
+def serve(app_factory: str, *, host: str, port: int, workers: int, log_level: str) -> None:
+    """Run an app factory under uvicorn (`workers` processes share the port)."""
     import uvicorn
 
     uvicorn.run(
-        "assetpay_merchant.app:create_app",
+        app_factory,
         factory=True,
         host=host,
         port=port,
         workers=workers,
-        log_level=settings.log_level.lower(),
+        log_level=log_level.lower(),
         access_log=False,
     )
 
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
-    _database_url(settings, migrate=False)
-    _serve(settings, args.host, args.port, args.workers)
+    settings.require_safe()  # fail here, once, naming the variable, rather than in every worker
+    serve(
+        "assetpay_merchant.app:create_app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level,
+    )
     return 0
 
 
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
-    _database_url(settings, migrate=True)
-    token = jwt.encode(
-        {"sub": DEMO_USER, "exp": int(time.time()) + 7 * 86400},
-        settings.auth_jwt_secret.get_secret_value(),
-        algorithm="HS256",
-    )
-    base = f"http://{args.host}:{args.port}"
-    admin_key = settings.admin_api_key.get_secret_value()
-    sandbox = f"built-in sandbox (controls: {base}/sandbox/_sandbox)"
-    assetpay = sandbox if settings.uses_sandbox else settings.assetpay_base_url
-    print(
-        f"\nAssetPay merchant backend (development) on {base}\n"
-        f"  API docs          {base}/docs\n"
-        f"  AssetPay          {assetpay}\n"
-        f"  X-Admin-Key       {admin_key}\n"
-        f"  demo user JWT     {token}\n"
-        f"  register it:      curl -X PUT {base}/v1/users/{DEMO_USER} -H 'X-Admin-Key: {admin_key}' "
-        '-H \'Content-Type: application/json\' -d \'{"steamId": "76561198000000001", '
-        '"tradeUrl": "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12"}\'\n',
-        flush=True,
-    )
-    _serve(settings, args.host, args.port, 1)
-    return 0
+    # Development conveniences live in the sandbox package, which production code never imports.
+    from assetpay_sandbox.dev import run
+
+    return run(settings, host=args.host, port=args.port)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    url = _database_url(settings, migrate=True)
+    url = settings.require_database_url()
+    upgrade(url)
     print(f"database at head ({url.split('@')[-1]})")
     return 0
 
 
 async def _ledger_check(url: str) -> int:
-    engine = create_engine(url)
+    database = Database(create_engine(url, poolclass=NullPool))
     try:
-        async with session_factory(engine)() as session:
-            problems = await check(session)
+        async with database.snapshot() as db:
+            problems = await check(db)
     finally:
-        await engine.dispose()
+        await database.dispose()
     for problem in problems:
         print(f"MISMATCH {problem.subject}: {problem.detail}")
     if problems:
@@ -105,14 +78,14 @@ async def _ledger_check(url: str) -> int:
 
 
 def cmd_ledger_check(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_ledger_check(_database_url(settings, migrate=False)))
+    return asyncio.run(_ledger_check(settings.require_database_url()))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assetpay-merchant", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the API against the configured database (no migrations)")
+    serve = commands.add_parser("serve", help="run the API against DATABASE_URL (never migrates)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
@@ -123,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(handler=cmd_dev)
 
-    migrate = commands.add_parser("migrate", help="upgrade the database to the newest schema")
+    migrate = commands.add_parser("migrate", help="upgrade the database at DATABASE_URL to the newest schema")
     migrate.set_defaults(handler=cmd_migrate)
 
     ledger = commands.add_parser("ledger", help="ledger tools").add_subparsers(dest="ledger_command", required=True)
@@ -136,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings()
+        configure_logging(settings.log_level, json_lines=settings.log_json)
+        code: int = args.handler(settings, args)
     except (ConfigurationError, ValidationError) as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, json_lines=settings.log_json)
-    code: int = args.handler(settings, args)
     return code
 
 

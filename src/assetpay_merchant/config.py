@@ -1,31 +1,41 @@
 """Settings, read from the environment (and a `.env` file) with pydantic-settings.
 
-The variable names of DESIGN.md §3 are fixed; everything else has a sensible default. Outside development the
-service refuses to start with an empty or default secret and names the variable to set.
+The variable names of the public surface are fixed; everything else has a sensible default. Secure by default:
+the service refuses to start with a missing, empty, short or well-known secret and names the variable to set.
+Development defaults do not live here at all: `assetpay-merchant dev` brings its own.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
-from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Development defaults: good enough on a laptop, refused anywhere else.
-DEV_AUTH_JWT_SECRET = "dev-auth-jwt-secret-change-me-before-production"  # noqa: S105
-DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
-SANDBOX_API_KEY = "ap_sandbox"
-SANDBOX_API_SECRET = "sandbox-api-secret"  # noqa: S105
-SANDBOX_MERCHANT_ID = "00000000-0000-4000-8000-000000005a4d"
 PRODUCTION_ASSETPAY_URL = "https://api.assetpay.gg"
+MIN_JWT_SECRET_BYTES = 32
+ASYMMETRIC_JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
 
-
-class Environment(StrEnum):
-    DEVELOPMENT = "development"
-    TEST = "test"
-    PRODUCTION = "production"
+# Published values (documentation, SDK test vectors, placeholders, the sandbox's and old development defaults):
+# anyone can sign with them, so they are refused as secrets.
+WELL_KNOWN_SECRETS = frozenset(
+    {
+        "changeme",
+        "change-me",
+        "secret",
+        "password",
+        "test",
+        "dev-auth-jwt-secret-change-me-before-production",
+        "dev-admin-key-change-me",
+        "ap_sandbox",
+        "sandbox-api-secret",
+        "test-api-secret-value",
+        "current-secret",
+        "new-secret",
+    }
+)
 
 
 class ConfigurationError(RuntimeError):
@@ -35,11 +45,11 @@ class ConfigurationError(RuntimeError):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    environment: Environment = Environment.DEVELOPMENT
     database_url: str | None = None
     data_dir: Path = Path(".data")
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
+    db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
 
     assetpay_base_url: str = PRODUCTION_ASSETPAY_URL
     assetpay_api_key: SecretStr | None = None
@@ -47,8 +57,12 @@ class Settings(BaseSettings):
     assetpay_api_secret_previous: SecretStr | None = None
     assetpay_merchant_id: str | None = None
 
-    auth_jwt_secret: SecretStr = SecretStr(DEV_AUTH_JWT_SECRET)
-    admin_api_key: SecretStr = SecretStr(DEV_ADMIN_API_KEY)
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwt_public_key: SecretStr | None = None
+    auth_jwt_algorithm: str = "HS256"
+    auth_jwt_audience: str | None = None
+    auth_jwt_issuer: str | None = None
+    admin_api_key: SecretStr | None = None
 
     assetpay_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     assetpay_read_timeout_seconds: float = Field(default=30.0, gt=0)
@@ -56,38 +70,47 @@ class Settings(BaseSettings):
     market_cache_ttl_seconds: float = Field(default=10.0, ge=0)
 
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
+    max_webhook_body_bytes: int = Field(default=1_048_576, ge=1024)
     currency: str = "USD"
     log_level: str = "INFO"
     log_json: bool = False
 
-    @model_validator(mode="after")
-    def _refuse_unsafe_secrets(self) -> Settings:
-        if self.environment is not Environment.PRODUCTION:
-            return self
-        checks = {
-            "AUTH_JWT_SECRET": (self.auth_jwt_secret, DEV_AUTH_JWT_SECRET),
-            "ADMIN_API_KEY": (self.admin_api_key, DEV_ADMIN_API_KEY),
-            "ASSETPAY_API_KEY": (self.assetpay_api_key, SANDBOX_API_KEY),
-            "ASSETPAY_API_SECRET": (self.assetpay_api_secret, SANDBOX_API_SECRET),
-        }
-        for name, (value, default) in checks.items():
-            secret = value.get_secret_value() if value is not None else ""
-            if not secret.strip() or secret == default:
-                raise ConfigurationError(
-                    f"{name} must be set to a real secret when ENVIRONMENT={self.environment.value}"
-                )
+    def require_database_url(self) -> str:
         if not self.database_url:
-            raise ConfigurationError("DATABASE_URL must be set when ENVIRONMENT=production")
-        return self
+            raise ConfigurationError("DATABASE_URL must be set (a PostgreSQL URL)")
+        return self.database_url
+
+    def require_safe(self) -> None:
+        """Refuse to run with a secret anyone could know; the message names the first variable to fix."""
+        self.require_database_url()
+        if self.auth_jwt_public_key is not None and self.auth_jwt_public_key.get_secret_value().strip():
+            if self.auth_jwt_algorithm not in ASYMMETRIC_JWT_ALGORITHMS:
+                raise ConfigurationError(
+                    f"AUTH_JWT_ALGORITHM must be one of {', '.join(sorted(ASYMMETRIC_JWT_ALGORITHMS))} "
+                    "when AUTH_JWT_PUBLIC_KEY is set"
+                )
+        else:
+            if self.auth_jwt_algorithm != "HS256":
+                raise ConfigurationError("AUTH_JWT_ALGORITHM other than HS256 needs AUTH_JWT_PUBLIC_KEY")
+            _require_secret("AUTH_JWT_SECRET", self.auth_jwt_secret, min_bytes=MIN_JWT_SECRET_BYTES)
+        _require_secret("ADMIN_API_KEY", self.admin_api_key)
+        _require_secret("ASSETPAY_API_KEY", self.assetpay_api_key)
+        _require_secret("ASSETPAY_API_SECRET", self.assetpay_api_secret)
+        if self.assetpay_api_secret_previous is not None and self.assetpay_api_secret_previous.get_secret_value():
+            _require_secret("ASSETPAY_API_SECRET_PREVIOUS", self.assetpay_api_secret_previous)
 
     @property
-    def uses_sandbox(self) -> bool:
-        """No AssetPay credentials in development: the built-in sandbox stands in for AssetPay."""
-        return self.environment is not Environment.PRODUCTION and self.assetpay_api_secret is None
-
-    @cached_property
     def webhook_secrets(self) -> tuple[bytes, ...]:
         """The secrets a callback signature may be made with: the current one first, then the previous one."""
-        current = self.assetpay_api_secret or SecretStr(SANDBOX_API_SECRET if self.uses_sandbox else "")
-        secrets = [s.get_secret_value() for s in (current, self.assetpay_api_secret_previous) if s is not None]
-        return tuple(s.encode() for s in secrets if s)
+        secrets = (self.assetpay_api_secret, self.assetpay_api_secret_previous)
+        return tuple(s.get_secret_value().encode() for s in secrets if s is not None and s.get_secret_value())
+
+
+def _require_secret(name: str, value: SecretStr | None, *, min_bytes: int = 1) -> None:
+    secret = value.get_secret_value() if value is not None else ""
+    if not secret.strip():
+        raise ConfigurationError(f"{name} must be set")
+    if secret.strip().lower() in WELL_KNOWN_SECRETS:
+        raise ConfigurationError(f"{name} is a published example value; set a secret of your own")
+    if len(secret.encode()) < min_bytes:
+        raise ConfigurationError(f"{name} must be at least {min_bytes} bytes long")

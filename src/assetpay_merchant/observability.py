@@ -18,6 +18,11 @@ WEBHOOK_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LEDGER_POSTINGS = Counter("ledger_postings_total", "Ledger entries posted, by kind", ["kind"])
+SETTLEMENTS = Counter(
+    "settlements_total",
+    "AssetPay trade states applied through the settlement path, by source and outcome",
+    ["source", "outcome"],
+)
 
 
 class JsonFormatter(logging.Formatter):

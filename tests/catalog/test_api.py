@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from assetpay_merchant.catalog.cache import SingleFlight
-from assetpay_merchant.deps import Resources
+from assetpay_merchant.api.deps import Resources
+from assetpay_merchant.services.cache import SingleFlight
 from tests.assetpay_respx import AssetPay, mocked_assetpay, register
 from tests.gateway.fake_assetpay import fail, item, ok
 from tests.support import auth

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from assetpay_merchant.config import SANDBOX_MERCHANT_ID, Environment, Settings
+from assetpay_merchant.core.vocabulary import GameId
 from assetpay_merchant.gateway import (
     AssetPayClient,
     AssetPayError,
     ClientIdentity,
     DepositItem,
-    Game,
+    OutcomeUnknown,
     RetryPolicy,
     WithdrawItem,
     create_http_client,
@@ -247,7 +247,7 @@ async def test_inventory_sends_documented_query_and_parses_exact_money(assetpay,
     fake.on("GET", INVENTORY, ok(inventory_data("0.10")))
     inventory = await assetpay.inventory(
         USER,
-        game=Game.RUST,
+        game=GameId.RUST,
         refresh=True,
         search="AK",
         sort="priceDesc",
@@ -440,7 +440,7 @@ async def test_deposit_body_is_exact_and_has_no_extra_keys(assetpay, fake):
 
 async def test_deposit_sends_is_instant_false_explicitly(assetpay, fake):
     fake.on("POST", DEPOSIT, ok(trade(external_id="dep-2")))
-    await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-2", is_instant=False, game=Game.RUST)
+    await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-2", is_instant=False, game=GameId.RUST)
     (body,) = fake.bodies("POST", DEPOSIT)
     assert body["isInstant"] is False
     assert body["game"] == "252490"
@@ -523,7 +523,7 @@ async def test_write_input_is_checked_before_anything_is_sent(assetpay, fake, ca
     assert caught.value.key == "VALIDATION_FAILED"
     assert caught.value.fields is not None
     assert field in caught.value.fields
-    assert not caught.value.ambiguous
+    assert not isinstance(caught.value, OutcomeUnknown)
     assert not fake.requests
 
 
@@ -558,7 +558,7 @@ async def test_cancel_with_unknown_outcome_is_not_resent(assetpay, fake):
     with pytest.raises(AssetPayError) as caught:
         await assetpay.cancel_withdrawal(USER, "wd-1")
     assert caught.value.key == "TIMEOUT"
-    assert caught.value.ambiguous
+    assert isinstance(caught.value, OutcomeUnknown)
     assert len(fake.calls("POST", CANCEL)) == 1
 
 
@@ -618,7 +618,7 @@ async def test_each_error_key_is_parsed_with_all_its_fields_and_not_retried(asse
     assert error.fields == extra.get("fields")
     assert error.details == extra.get("details")
     assert error.request_id == "req-abc"
-    assert error.ambiguous is False
+    assert not isinstance(error, OutcomeUnknown)
     retry_after = extra.get("headers", {}).get("Retry-After")
     assert error.retry_after == (float(retry_after) if retry_after else None)
     # Nothing here is retried; INVALID_TOKEN is replayed once with a renewed token.
@@ -674,7 +674,7 @@ async def test_reads_give_up_after_the_cap(assetpay, fake, sleeps):
     with pytest.raises(AssetPayError) as caught:
         await assetpay.inventory(USER)
     assert caught.value.status == 504
-    assert caught.value.ambiguous is False  # a read changes nothing
+    assert not isinstance(caught.value, OutcomeUnknown)  # a read changes nothing
     assert len(fake.calls("GET", INVENTORY)) == POLICY.attempts
     assert len(sleeps) == POLICY.attempts - 1
 
@@ -774,7 +774,7 @@ async def test_refusals_stop_at_the_cap_and_are_not_ambiguous(assetpay, fake):
     with pytest.raises(AssetPayError) as caught:
         await assetpay.withdraw(USER, [WithdrawItem("listing-1", Decimal(5))], external_id="wd-r")
     assert caught.value.key == "WITHDRAW_IN_PROGRESS"
-    assert caught.value.ambiguous is False
+    assert not isinstance(caught.value, OutcomeUnknown)
     assert len(fake.calls("POST", WITHDRAW)) == POLICY.attempts
     assert not fake.calls("GET", TRADES)
 
@@ -810,7 +810,7 @@ async def test_a_deposit_with_a_definite_outcome_is_sent_exactly_once(assetpay, 
     fake.on("POST", DEPOSIT, reply)
     with pytest.raises(AssetPayError) as caught:
         await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-once", is_instant=True)
-    assert caught.value.ambiguous is False
+    assert not isinstance(caught.value, OutcomeUnknown)
     assert len(fake.calls("POST", DEPOSIT)) == 1
     assert not fake.calls("GET", TRADES)
     assert sleeps == []
@@ -875,7 +875,7 @@ async def test_lookup_finding_nothing_leaves_the_outcome_ambiguous(assetpay, fak
     with pytest.raises(AssetPayError) as caught:
         await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-n", is_instant=True)
     error = caught.value
-    assert error.ambiguous is True
+    assert isinstance(error, OutcomeUnknown)
     assert error.key == "EXTERNAL_ID_EXISTS"
     assert error.request_id == "req-exists"
     assert "reconciliation" in error.message
@@ -889,7 +889,7 @@ async def test_lookup_failing_leaves_the_outcome_ambiguous(assetpay, fake):
     with pytest.raises(AssetPayError) as caught:
         await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-f", is_instant=True)
     error = caught.value
-    assert error.ambiguous is True
+    assert isinstance(error, OutcomeUnknown)
     assert error.key == "TIMEOUT"
     assert isinstance(error.__cause__, AssetPayError)
     assert error.__cause__.status == 500
@@ -903,7 +903,8 @@ async def test_a_refused_resend_with_nothing_found_stays_ambiguous(assetpay, fak
     fake.on("GET", TRADES, fail(404, "NOT_FOUND", code=4040))
     with pytest.raises(AssetPayError) as caught:
         await assetpay.deposit(USER, DEPOSIT_ITEMS, external_id="dep-p", is_instant=True)
-    assert (caught.value.key, caught.value.ambiguous) == ("PRICE_CHANGED", True)
+    assert caught.value.key == "PRICE_CHANGED"
+    assert isinstance(caught.value, OutcomeUnknown)
     assert len(fake.calls("POST", DEPOSIT)) == 2
 
 
@@ -924,7 +925,7 @@ async def test_lookup_without_api_key_leaves_the_outcome_ambiguous(http, clock, 
     fake.on("POST", DEPOSIT, httpx.ReadTimeout("read timed out"))
     with pytest.raises(AssetPayError) as caught:
         await client.deposit(USER, DEPOSIT_ITEMS, external_id="dep-k", is_instant=True)
-    assert caught.value.ambiguous is True
+    assert isinstance(caught.value, OutcomeUnknown)
     assert isinstance(caught.value.__cause__, AssetPayError)
     assert caught.value.__cause__.key == "NOT_CONFIGURED"
     assert len(fake.calls("POST", DEPOSIT)) == 2
@@ -970,39 +971,6 @@ async def test_secrets_never_appear_in_errors_or_logs(assetpay, remote, fake, ca
         if "authorization" in request.headers:
             assert bearer(request) not in caplog.text
     assert "requestId=req-" in caplog.text
-
-
-def test_from_settings_uses_the_configured_merchant():
-    settings = Settings(
-        _env_file=None,
-        environment=Environment.TEST,
-        assetpay_base_url="https://api-staging.assetpay.gg/",
-        assetpay_api_key=SecretStr(API_KEY),
-        assetpay_api_secret=SecretStr(API_SECRET),
-        assetpay_merchant_id=MERCHANT_ID,
-    )
-    client = AssetPayClient.from_settings(httpx.AsyncClient(), settings)
-    assert client.mints_tokens
-    assert "api-staging.assetpay.gg" in repr(client)
-    assert API_KEY not in repr(client)
-
-
-def test_from_settings_without_merchant_id_fetches_tokens():
-    settings = Settings(
-        _env_file=None,
-        environment=Environment.TEST,
-        assetpay_api_key=SecretStr(API_KEY),
-        assetpay_api_secret=SecretStr(API_SECRET),
-    )
-    assert not AssetPayClient.from_settings(httpx.AsyncClient(), settings).mints_tokens
-
-
-def test_from_settings_in_sandbox_mode_uses_the_sandbox_merchant():
-    settings = Settings(_env_file=None, environment=Environment.DEVELOPMENT)
-    assert settings.uses_sandbox
-    client = AssetPayClient.from_settings(httpx.AsyncClient(), settings)
-    assert client.mints_tokens
-    assert SANDBOX_MERCHANT_ID in repr(client)
 
 
 def test_http_client_has_timeouts_and_pool_limits():

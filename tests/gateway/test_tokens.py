@@ -10,7 +10,7 @@ from decimal import Decimal
 import jwt
 import pytest
 
-from assetpay_merchant.gateway import AssetPayError, ClientIdentity, ClientToken, mint_client_token
+from assetpay_merchant.gateway import AssetPayError, ClientIdentity, ClientToken, OutcomeUnknown, mint_client_token
 from assetpay_merchant.gateway.tokens import TokenCache, token_expiry
 
 MERCHANT_ID = "0b9f9d9e-2f0e-4f7e-9a51-6f0f3c2c1a11"
@@ -120,7 +120,7 @@ def test_identity_is_checked_before_any_token_or_request(overrides, field):
     assert error.fields is not None
     assert field in error.fields
     assert error.status is None
-    assert not error.ambiguous
+    assert not isinstance(error, OutcomeUnknown)
 
 
 def test_user_id_of_128_characters_is_fine():

@@ -8,10 +8,10 @@ from typing import Any
 
 import httpx
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from assetpay_merchant.ledger.service import Discrepancy, check
-from tests.support import auth, balance, deliver_trade, trade
+from assetpay_merchant.store.ledger import Discrepancy
+from tests.support import auth, balance, deliver_trade, ledger_problems, trade
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,8 @@ async def scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 
 async def problems(engine: AsyncEngine) -> list[Discrepancy]:
-    """What `ledger.service.check` (the ops check) finds wrong."""
-    async with AsyncSession(engine) as session:
-        return await check(session)
+    """What `store.ledger.check` (the ops check) finds wrong."""
+    return await ledger_problems(engine)
 
 
 async def deliver_ok(client: httpx.AsyncClient, payload: dict[str, Any], *, delivery_id: str | None = None) -> Any:

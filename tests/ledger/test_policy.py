@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assetpay_merchant.ledger.policy import (
+from assetpay_merchant.core.policy import (
     FINAL_RANK,
     EntryKind,
     Item,

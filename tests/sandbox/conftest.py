@@ -13,7 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from assetpay_merchant.sandbox import Sandbox, create_sandbox_app, sandbox_of
+from assetpay_sandbox import Sandbox, create_sandbox_app, sandbox_of
 from tests.sandbox.helpers import API_KEY, API_SECRET, CALLBACK_URL, MERCHANT_ID, STEP_SECONDS, Clock, Receiver
 
 

@@ -13,8 +13,8 @@ import httpx
 import simplejson
 from jsonschema import Draft202012Validator
 
+from assetpay_merchant.gateway.callbacks import Callback, classify
 from assetpay_merchant.gateway.signature import SIGNATURE_HEADER, verify
-from assetpay_merchant.webhooks.payloads import Callback, classify
 from tests.gateway.openapi import check_response, operation
 
 API_KEY = "ap_sandbox_test"

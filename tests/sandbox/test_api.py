@@ -11,7 +11,7 @@ import httpx
 import jwt
 import pytest
 
-from assetpay_merchant.sandbox import tokens
+from assetpay_sandbox import tokens
 from tests.sandbox.helpers import (
     API_KEY,
     API_SECRET,

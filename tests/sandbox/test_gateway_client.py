@@ -13,7 +13,7 @@ from assetpay_merchant.gateway.client import AssetPayClient, RetryPolicy, create
 from assetpay_merchant.gateway.errors import AssetPayError
 from assetpay_merchant.gateway.models import DepositItem, WithdrawItem
 from assetpay_merchant.gateway.tokens import ClientIdentity
-from assetpay_merchant.sandbox import Sandbox
+from assetpay_sandbox import Sandbox
 from tests.sandbox.helpers import API_KEY, API_SECRET, MERCHANT_ID, STEAM_ID, TRADE_URL, Clock, Receiver
 
 USER = ClientIdentity(user_id="user-1", steam_id=STEAM_ID, trade_url=TRADE_URL, client_data={"kycLevel": 1})

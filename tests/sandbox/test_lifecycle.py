@@ -12,10 +12,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from assetpay_merchant.ledger.policy import Status, TradeType
-from assetpay_merchant.sandbox import Sandbox, sandbox_of
-from assetpay_merchant.sandbox.driver import utc_now
-from assetpay_merchant.webhooks.payloads import CallbackKind
+from assetpay_merchant.core.policy import Status, TradeType
+from assetpay_merchant.gateway.callbacks import CallbackKind
+from assetpay_sandbox import Sandbox, sandbox_of
+from assetpay_sandbox.driver import utc_now
 from tests.sandbox.helpers import (
     STEP_SECONDS,
     Clock,

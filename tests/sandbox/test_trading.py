@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from assetpay_merchant.sandbox import Sandbox, sandbox_of
+from assetpay_sandbox import Sandbox, sandbox_of
 from tests.sandbox.helpers import (
     MERCHANT_ID,
     OTHER_STEAM_ID,

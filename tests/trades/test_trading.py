@@ -18,7 +18,7 @@ import jwt
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from assetpay_merchant.deps import Resources
+from assetpay_merchant.api.deps import Resources
 from tests.assetpay_respx import (
     AssetPay,
     accept,

@@ -10,10 +10,11 @@ from decimal import Decimal
 import pytest
 from pydantic import SecretStr
 
+from assetpay_merchant.api.deps import Resources
+from assetpay_merchant.app import web_settings
 from assetpay_merchant.config import Settings
-from assetpay_merchant.deps import Resources
 from assetpay_merchant.gateway.signature import sign
-from assetpay_merchant.ledger.approvals import CRYPTO_UNSUPPORTED
+from assetpay_merchant.services.intake import CRYPTO_UNSUPPORTED
 from tests.support import (
     PREVIOUS_WEBHOOK_SECRET,
     WEBHOOK_SECRET,
@@ -58,10 +59,9 @@ def sdk_secrets(resources: Resources, settings: Settings) -> Iterator[None]:
             "assetpay_api_secret_previous": SecretStr("current-secret"),
         }
     )
-    rotated.__dict__.pop("webhook_secrets", None)  # a cached_property copied from the original would hide the update
     assert rotated.webhook_secrets == (b"new-secret", b"current-secret")
     original = resources.settings
-    resources.settings = rotated
+    resources.settings = web_settings(rotated)
     yield
     resources.settings = original
 

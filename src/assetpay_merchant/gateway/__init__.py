@@ -1,13 +1,12 @@
 """Everything that talks to AssetPay: the client, client tokens, and the callback signature check."""
 
 from assetpay_merchant.gateway.client import AssetPayClient, RetryPolicy, create_http_client
-from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey
+from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey, OutcomeUnknown
 from assetpay_merchant.gateway.models import (
     CancelledItem,
     CancelResult,
     Collateral,
     DepositItem,
-    Game,
     Inventory,
     Item,
     ItemOffer,
@@ -28,11 +27,11 @@ __all__ = [
     "Collateral",
     "DepositItem",
     "ErrorKey",
-    "Game",
     "Inventory",
     "Item",
     "ItemOffer",
     "MarketPage",
+    "OutcomeUnknown",
     "RetryPolicy",
     "Trade",
     "WithdrawItem",

@@ -3,7 +3,7 @@
     http = create_http_client()                       # in the app's lifespan; closed there too
     assetpay = AssetPayClient.from_settings(http, settings)
     user = ClientIdentity(user_id="u1", steam_id=..., trade_url=..., client_data=profile.client_data)
-    inventory = await assetpay.inventory(user, game=Game.CS2)
+    inventory = await assetpay.inventory(user, game=GameId.CS2)
     trade = await assetpay.deposit(user, [DepositItem("item-id", Decimal("10.75"))], external_id=..., is_instant=True)
 
 Every call carries a fresh `x-request-id`; every answer is the envelope `{requestId, success, data | error}`, turned
@@ -11,7 +11,7 @@ into a typed result or one `AssetPayError`. Reads are retried on network errors,
 refusals that happened before anything (FLEET_DEGRADED, DEPOSIT_IN_PROGRESS, WITHDRAW_IN_PROGRESS) are retried
 everywhere; 429 and an enveloped 503 never are. A trade-creating write is never retried blindly: an unknown outcome
 is settled by one resend with the same body (its externalId makes a second trade impossible) and a lookup by
-externalId, and is otherwise raised with `ambiguous=True`.
+externalId, and is otherwise raised as `OutcomeUnknown`.
 """
 
 from __future__ import annotations
@@ -35,13 +35,21 @@ import simplejson
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, SecretStr, ValidationError
 
-from assetpay_merchant.config import SANDBOX_API_KEY, SANDBOX_API_SECRET, SANDBOX_MERCHANT_ID, Settings
-from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey, invalid
+from assetpay_merchant.core.vocabulary import (
+    MAX_DEPOSIT_ITEMS,
+    MAX_EXTERNAL_ID_LENGTH,
+    MAX_ITEM_ID_LENGTH,
+    MAX_REFS_PER_LOOKUP,
+    MAX_WITHDRAW_ITEMS,
+    MAX_WITHDRAW_PRICE,
+    MIN_ITEM_ID_LENGTH,
+    GameId,
+    MarketSort,
+)
+from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey, OutcomeUnknown, invalid
 from assetpay_merchant.gateway.models import (
-    MARKET_SORTS,
     CancelResult,
     DepositItem,
-    Game,
     Inventory,
     MarketPage,
     Trade,
@@ -60,11 +68,6 @@ from assetpay_merchant.gateway.tokens import (
 log = logging.getLogger(__name__)
 
 USER_AGENT = "assetpay-merchant/0.1"
-MAX_REFS_PER_LOOKUP = 100
-MAX_DEPOSIT_ITEMS = 250
-MAX_WITHDRAW_ITEMS = 50
-MAX_WITHDRAW_PRICE = Decimal(100_000)
-EXTERNAL_ID_MAX = 128
 
 REQUESTS = Counter(
     "assetpay_gateway_requests_total",
@@ -169,21 +172,6 @@ class AssetPayClient:
         self._jitter = jitter
         self._tokens = TokenCache()
 
-    @classmethod
-    def from_settings(
-        cls, http: httpx.AsyncClient, settings: Settings, *, retry: RetryPolicy | None = None
-    ) -> AssetPayClient:
-        """The client for the configured merchant; in sandbox mode, with the sandbox's own credentials."""
-        sandbox = settings.uses_sandbox
-        return cls(
-            http,
-            base_url=settings.assetpay_base_url,
-            api_key=settings.assetpay_api_key or (SecretStr(SANDBOX_API_KEY) if sandbox else None),
-            api_secret=settings.assetpay_api_secret or (SecretStr(SANDBOX_API_SECRET) if sandbox else None),
-            merchant_id=settings.assetpay_merchant_id or (SANDBOX_MERCHANT_ID if sandbox else None),
-            retry=retry,
-        )
-
     def __repr__(self) -> str:
         return f"AssetPayClient(base_url={self._base_url!r}, merchant_id={self._merchant_id!r})"
 
@@ -235,7 +223,7 @@ class AssetPayClient:
         self,
         user: ClientIdentity,
         *,
-        game: int = Game.CS2,
+        game: int = GameId.CS2,
         refresh: bool = False,
         accepted_only: bool = False,
         search: str | None = None,
@@ -268,7 +256,7 @@ class AssetPayClient:
         self,
         user: ClientIdentity,
         *,
-        game: int = Game.CS2,
+        game: int = GameId.CS2,
         search: str | None = None,
         sort: str | None = None,
         min_price: Decimal | None = None,
@@ -284,8 +272,8 @@ class AssetPayClient:
                 problems["search"] = "must be at most 100 characters"
             params["search"] = search
         if sort:
-            if sort not in MARKET_SORTS:
-                problems["sort"] = f"must be one of {', '.join(sorted(MARKET_SORTS))}"
+            if sort not in set(MarketSort):
+                problems["sort"] = f"must be one of {', '.join(MarketSort)}"
             params["sort"] = sort
         params.update(_price_range(min_price, max_price, problems))
         params.update(_positive("page", page, problems))
@@ -300,8 +288,8 @@ class AssetPayClient:
         simply missing from the result."""
         problems: dict[str, str] = {}
         for index, ref in enumerate(refs):
-            if not isinstance(ref, str) or not 1 <= len(ref) <= EXTERNAL_ID_MAX or "," in ref:
-                problems[f"refs.{index}"] = f"must be 1 to {EXTERNAL_ID_MAX} characters without a comma"
+            if not isinstance(ref, str) or not 1 <= len(ref) <= MAX_EXTERNAL_ID_LENGTH or "," in ref:
+                problems[f"refs.{index}"] = f"must be 1 to {MAX_EXTERNAL_ID_LENGTH} characters without a comma"
         if problems:
             raise invalid(problems)
         trades: list[Trade] = []
@@ -332,7 +320,7 @@ class AssetPayClient:
         *,
         external_id: str,
         is_instant: bool,
-        game: int = Game.CS2,
+        game: int = GameId.CS2,
     ) -> Trade:
         """Start a deposit (the user sells skins). `external_id` is ours, unique per merchant; `is_instant` is
         always sent because the gateway's docs and its OpenAPI disagree on the default."""
@@ -361,7 +349,7 @@ class AssetPayClient:
         items: Sequence[WithdrawItem],
         *,
         external_id: str,
-        game: int = Game.CS2,
+        game: int = GameId.CS2,
         slippage_bps: int | None = None,
         auto_cancel: int | None = None,
     ) -> Trade:
@@ -421,7 +409,7 @@ class AssetPayClient:
         try:
             answer = await self._call(operation, "POST", path, user=user, content=content, idempotent=False)
         except AssetPayError as error:
-            if not error.ambiguous:
+            if not isinstance(error, OutcomeUnknown):
                 raise
             log.warning(
                 "AssetPay %s outcome unknown (%s); resending once with externalId %s", operation, error.key, external_id
@@ -454,12 +442,12 @@ class AssetPayClient:
             log.error(
                 "AssetPay %s with externalId %s unsettled: lookup failed (%s)", operation, external_id, lookup.key
             )
-            raise latest.as_ambiguous(
-                f"lookup by externalId failed with {lookup.key}; keep the trade for reconciliation"
+            raise OutcomeUnknown.after(
+                latest, f"lookup by externalId failed with {lookup.key}; keep the trade for reconciliation"
             ) from lookup
         if found is None:
             log.error("AssetPay %s with externalId %s unsettled: no trade found", operation, external_id)
-            raise latest.as_ambiguous("no trade found by externalId; keep the trade for reconciliation")
+            raise OutcomeUnknown.after(latest, "no trade found by externalId; keep the trade for reconciliation")
         log.info("AssetPay %s with externalId %s settled: trade %s", operation, external_id, found.id)
         return found
 
@@ -540,7 +528,7 @@ class AssetPayClient:
         content: bytes | None,
         write: bool,
     ) -> _Answer | _Failure:
-        """One HTTP request, its answer classified. `write`: an unknown outcome is reported as ambiguous."""
+        """One HTTP request, its answer classified. `write`: an unknown outcome is an OutcomeUnknown."""
         sent_id = str(uuid.uuid4())
         request_headers = {"accept": "application/json", "x-request-id": sent_id, **headers}
         if content is not None:
@@ -558,11 +546,8 @@ class AssetPayClient:
             key = ErrorKey.TIMEOUT if isinstance(exc, httpx.TimeoutException) else ErrorKey.NETWORK_ERROR
             note = "the request was not sent" if never_sent else "the request may have reached AssetPay"
             log.warning("AssetPay %s %s: %s, %s (x-request-id=%s)", method, path, type(exc).__name__, note, sent_id)
-            error = AssetPayError(
-                key,
-                f"{type(exc).__name__} on {method} {path}: {note}",
-                request_id=sent_id,
-                ambiguous=write and not never_sent,
+            error = (OutcomeUnknown if write and not never_sent else AssetPayError)(
+                key, f"{type(exc).__name__} on {method} {path}: {note}", request_id=sent_id
             )
             return _Failure(error, transient=True)
         elapsed = time.perf_counter() - started
@@ -607,7 +592,7 @@ class AssetPayClient:
             key: str = detail["key"]
             # A 5xx that is neither maintenance (503) nor a refusal says nothing about what happened.
             unexplained = status >= 500 and status != 503 and key not in REFUSAL_KEYS
-            error = AssetPayError(
+            error = (OutcomeUnknown if write and unexplained else AssetPayError)(
                 key,
                 self._message(detail.get("message")),
                 status=status,
@@ -615,19 +600,17 @@ class AssetPayClient:
                 fields={k: self._redact(v) for k, v in (_string_map(detail.get("fields")) or {}).items()},
                 details=detail["details"] if isinstance(detail.get("details"), dict) else None,
                 request_id=request_id,
-                ambiguous=write and unexplained,
                 retry_after=retry_after,
             )
         else:
             # No usable envelope (a proxy's error page, a truncated body): a 5xx explains nothing, and a 2xx may
             # mean a write went through.
             unexplained = status >= 500
-            error = AssetPayError(
+            error = (OutcomeUnknown if write and (unexplained or 200 <= status < 300) else AssetPayError)(
                 ErrorKey.UNEXPECTED_RESPONSE,
                 f"HTTP {status} without a usable AssetPay envelope on {method} {path}",
                 status=status,
                 request_id=request_id,
-                ambiguous=write and (unexplained or 200 <= status < 300),
                 retry_after=retry_after,
             )
         REQUESTS.labels(operation, "error").inc()
@@ -752,10 +735,10 @@ def _bounded_int(name: str, value: Any, low: int, high: int, problems: dict[str,
 
 
 def _external_id(name: str, value: Any, problems: dict[str, str]) -> None:
-    if not isinstance(value, str) or not 1 <= len(value) <= EXTERNAL_ID_MAX:
-        problems[name] = f"must be 1 to {EXTERNAL_ID_MAX} characters"
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_EXTERNAL_ID_LENGTH:
+        problems[name] = f"must be 1 to {MAX_EXTERNAL_ID_LENGTH} characters"
 
 
 def _item_id(name: str, value: Any, problems: dict[str, str]) -> None:
-    if not isinstance(value, str) or not 5 <= len(value) <= 256:
-        problems[name] = "must be 5 to 256 characters"
+    if not isinstance(value, str) or not MIN_ITEM_ID_LENGTH <= len(value) <= MAX_ITEM_ID_LENGTH:
+        problems[name] = f"must be {MIN_ITEM_ID_LENGTH} to {MAX_ITEM_ID_LENGTH} characters"

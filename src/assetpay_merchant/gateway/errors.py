@@ -48,11 +48,10 @@ REFUSAL_KEYS = frozenset({ErrorKey.FLEET_DEGRADED, ErrorKey.DEPOSIT_IN_PROGRESS,
 class AssetPayError(Exception):
     """A call to AssetPay did not give a usable answer.
 
-    `status` is AssetPay's HTTP status (None when no response came back). `ambiguous` is True when the request may
-    have taken effect although we could not see it (a timeout, a dropped connection, an unexplained 5xx, or a trade
-    write that could not be settled): the caller must keep what it recorded and reconcile later. `retry_after` is
-    the server's Retry-After in seconds, when it sent one. `request_id` is AssetPay's `requestId`, or the
-    `x-request-id` we sent when no envelope came back.
+    `status` is AssetPay's HTTP status (None when no response came back). A write that may have taken effect
+    although we could not see it raises the subclass `OutcomeUnknown`. `retry_after` is the server's Retry-After in
+    seconds, when it sent one. `request_id` is AssetPay's `requestId`, or the `x-request-id` we sent when no
+    envelope came back.
     """
 
     def __init__(
@@ -65,7 +64,6 @@ class AssetPayError(Exception):
         fields: Mapping[str, str] | None = None,
         details: Mapping[str, Any] | None = None,
         request_id: str | None = None,
-        ambiguous: bool = False,
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
@@ -76,35 +74,41 @@ class AssetPayError(Exception):
         self.fields = dict(fields) if fields else None
         self.details = dict(details) if details else None
         self.request_id = request_id
-        self.ambiguous = ambiguous
         self.retry_after = retry_after
-
-    def as_ambiguous(self, note: str) -> AssetPayError:
-        """The same error, marked as an unknown outcome (the original stays the cause)."""
-        error = AssetPayError(
-            self.key,
-            f"{self.message} ({note})",
-            status=self.status,
-            code=self.code,
-            fields=self.fields,
-            details=self.details,
-            request_id=self.request_id,
-            ambiguous=True,
-            retry_after=self.retry_after,
-        )
-        error.__cause__ = self
-        return error
 
     def __str__(self) -> str:
         where = f"HTTP {self.status}" if self.status is not None else "no response"
-        suffix = ", outcome unknown" if self.ambiguous else ""
-        return f"{self.key} ({where}{suffix}): {self.message}"
+        return f"{self.key} ({where}): {self.message}"
 
     def __repr__(self) -> str:
         return (
-            f"AssetPayError(key={self.key!r}, status={self.status!r}, code={self.code!r}, "
-            f"request_id={self.request_id!r}, ambiguous={self.ambiguous!r}, retry_after={self.retry_after!r})"
+            f"{type(self).__name__}(key={self.key!r}, status={self.status!r}, code={self.code!r}, "
+            f"request_id={self.request_id!r}, retry_after={self.retry_after!r})"
         )
+
+
+class OutcomeUnknown(AssetPayError):
+    """A write that may have taken effect although we could not see it (a timeout, a dropped connection, an
+    unexplained 5xx, or a trade write that could not be settled): keep what was recorded and reconcile later."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__()} (outcome unknown)"
+
+    @classmethod
+    def after(cls, error: AssetPayError, note: str) -> OutcomeUnknown:
+        """`error`, now known to leave the outcome open (the original stays the cause)."""
+        unknown = cls(
+            error.key,
+            f"{error.message} ({note})",
+            status=error.status,
+            code=error.code,
+            fields=error.fields,
+            details=error.details,
+            request_id=error.request_id,
+            retry_after=error.retry_after,
+        )
+        unknown.__cause__ = error
+        return unknown
 
 
 def invalid(fields: Mapping[str, str]) -> AssetPayError:

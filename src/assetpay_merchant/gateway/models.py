@@ -9,18 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from enum import IntEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-
-class Game(IntEnum):
-    CS2 = 730
-    RUST = 252490
-
-
-MARKET_SORTS = frozenset({"relevance", "priceAsc", "priceDesc", "nameAsc", "nameDesc"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,11 +22,12 @@ from typing import Any
 
 import simplejson
 
+from assetpay_merchant.core.vocabulary import MAX_CLIENT_ID_LENGTH, STEAM_ID_PATTERN, TRADE_URL_PATTERN
 from assetpay_merchant.gateway.errors import invalid
 
-STEAM_ID = re.compile(r"76561\d{12}")
-TRADE_URL = re.compile(r"https://steamcommunity\.com/tradeoffer/new/\?partner=\d{1,10}&token=[A-Za-z0-9_-]{8}")
-CLIENT_ID_MAX = 128
+STEAM_ID = re.compile(STEAM_ID_PATTERN)
+TRADE_URL = re.compile(TRADE_URL_PATTERN)
+CLIENT_ID_MAX = MAX_CLIENT_ID_LENGTH
 DEFAULT_TOKEN_TTL = 86_400
 MAX_TOKEN_TTL = 86_400
 RENEW_BEFORE = 300

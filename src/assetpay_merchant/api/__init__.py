@@ -1,0 +1,1 @@
+"""The API edge: routes, authentication, and the one place that maps errors to HTTP statuses."""

@@ -1,0 +1,45 @@
+"""`/healthz` (the process answers), `/readyz` (the database answers and is at the migration head), `/metrics`."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from assetpay_merchant.api.deps import ResourcesDep
+from assetpay_merchant.store.migrations import head_revision
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="Liveness: the process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: database reachable and migrated to head", responses={503: {}})
+async def readyz(resources: ResourcesDep) -> JSONResponse:
+    expected = head_revision()
+    try:
+        async with resources.database.engine.connect() as connection:
+            current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("readiness check failed: %s", exc)
+        return _not_ready("DATABASE_UNAVAILABLE", "The database cannot be reached or is not migrated")
+    if current != expected:
+        return _not_ready("MIGRATIONS_PENDING", f"Database is at {current}, code expects {expected}")
+    return JSONResponse({"status": "ready", "database": "ok", "migration": current})
+
+
+def _not_ready(key: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"key": key, "message": message}}, status_code=503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,129 @@
+"""What we do with a callback whose signature checked out: record it once, then route it by kind.
+
+Approvals never take the generic "acknowledge" path: a bare 2xx would approve a purchase. Trade events and
+approvals are applied by the settlement service, in the unit of work this module opens per callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from assetpay_merchant.core import policy
+from assetpay_merchant.gateway.callbacks import Callback, CallbackKind, InvalidTrade
+from assetpay_merchant.gateway.signature import SignedDelivery
+from assetpay_merchant.observability import WEBHOOK_DELIVERIES
+from assetpay_merchant.services import settlement
+from assetpay_merchant.services.settlement import Source
+from assetpay_merchant.store import approvals, deliveries, trades
+from assetpay_merchant.store.database import Database, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+AWAITING_APPROVAL = "awaiting_approval"
+CRYPTO_UNSUPPORTED = "crypto withdrawals are not supported by this merchant"
+RECEIVED: dict[str, Any] = {"received": True}
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeResult:
+    """The answer for AssetPay, and what we did (the delivery's recorded outcome)."""
+
+    body: dict[str, Any]
+    outcome: str
+    settled: settlement.Settled | None = None
+
+
+async def receive(database: Database, delivery: SignedDelivery, raw: bytes, callback: Callback) -> IntakeResult:
+    """Apply one signed callback in a unit of work of its own."""
+    async with database.unit_of_work() as uow:
+        result = await _handle(uow, delivery, raw, callback)
+        uow.after_commit(lambda: WEBHOOK_DELIVERIES.labels(callback.kind.value, result.outcome).inc())
+    return result
+
+
+async def refuse(database: Database, delivery: SignedDelivery, raw: bytes, body: Any, error: InvalidTrade) -> None:
+    """Keep a callback we refused, for a person to review; flag the trade it names if we know it."""
+    trade = body.get("trade") if isinstance(body, dict) else None
+    subject_id = str(trade.get("id"))[:128] if isinstance(trade, dict) and trade.get("id") else None
+    async with database.unit_of_work() as uow:
+        await _record(uow, delivery, raw, kind="trade", subject_id=subject_id, outcome="invalid", detail=error.message)
+        if subject_id is not None:
+            await trades.flag_by_assetpay_id(uow.db, subject_id, f"invalid callback refused: {error.message}")
+        uow.after_commit(lambda: WEBHOOK_DELIVERIES.labels("trade", "invalid").inc())
+    log.warning("callback %s refused: %s", delivery.delivery_id, error.message)
+
+
+async def _record(
+    uow: UnitOfWork,
+    delivery: SignedDelivery,
+    raw: bytes,
+    *,
+    kind: str,
+    subject_id: str | None,
+    outcome: str = "received",
+    detail: str | None = None,
+) -> int | None:
+    return await deliveries.record(
+        uow.db,
+        delivery_id=delivery.delivery_id,
+        signed_at=delivery.timestamp,
+        kind=kind,
+        raw_body=raw.decode(),
+        subject_id=subject_id,
+        outcome=outcome,
+        detail=detail,
+    )
+
+
+def _asks_for_verdict(callback: Callback) -> bool:
+    return callback.kind is CallbackKind.APPROVAL or (
+        callback.kind is CallbackKind.CRYPTO_WITHDRAWAL
+        and str(callback.body["withdrawal"].get("status", "")).lower() == AWAITING_APPROVAL
+    )
+
+
+async def _handle(uow: UnitOfWork, delivery: SignedDelivery, raw: bytes, callback: Callback) -> IntakeResult:
+    row_id = await _record(uow, delivery, raw, kind=callback.kind.value, subject_id=callback.subject_id)
+    if row_id is None and not _asks_for_verdict(callback):
+        return IntakeResult({**RECEIVED, "duplicate": True}, "duplicate")
+
+    if callback.trade is not None:  # a trade event, or (withdraw + initiated) an approval
+        asks = callback.kind is CallbackKind.APPROVAL
+        settled = await settlement.apply(uow, callback.trade, source=Source.CALLBACK, decide_approval=asks)
+        if settled.verdict is not None:
+            result = IntakeResult(verdict_body(settled.verdict), settled.verdict.action.value, settled)
+        else:
+            result = IntakeResult(RECEIVED, settled.outcome, settled)
+    elif _asks_for_verdict(callback):
+        verdict = await _crypto_verdict(uow, callback)
+        result = IntakeResult(verdict_body(verdict), verdict.action.value)
+    else:
+        if callback.kind is CallbackKind.UNKNOWN:
+            log.warning("unknown callback %s stored without action", delivery.delivery_id)
+        result = IntakeResult(RECEIVED, "stored")
+
+    if row_id is not None:
+        trade_id = result.settled.trade.id if result.settled is not None else None
+        await deliveries.set_outcome(uow.db, row_id, outcome=result.outcome, trade_id=trade_id)
+    return result
+
+
+async def _crypto_verdict(uow: UnitOfWork, callback: Callback) -> policy.Verdict:
+    """Crypto is not supported yet: every crypto withdrawal is rejected, once, with a clear reason."""
+    if not callback.subject_id:  # a bare 2xx would approve it: refuse what we cannot even name
+        return policy.Verdict.reject("crypto withdrawal has no id")
+    subject, subject_id = approvals.CRYPTO_WITHDRAWAL, callback.subject_id
+    await approvals.store(
+        uow.db, subject=subject, subject_id=subject_id, verdict=policy.Verdict.reject(CRYPTO_UNSUPPORTED)
+    )
+    verdict = await approvals.stored(uow.db, subject=subject, subject_id=subject_id)
+    assert verdict is not None
+    return verdict
+
+
+def verdict_body(verdict: policy.Verdict) -> dict[str, Any]:
+    if verdict.action is policy.VerdictAction.APPROVE:
+        return {"action": "approve"}
+    return {"action": "reject", "reason": verdict.reason}

@@ -1,0 +1,174 @@
+"""The database: the engine, the unit of work that owns every transaction, and the read sessions of the views.
+
+    database = Database(create_engine(url))
+    async with database.unit_of_work() as uow:      # BEGIN
+        await ledger.post(uow.db, ...)               # repositories run SQL on the transaction's connection
+    # COMMIT here; then the hooks queued with uow.after_commit() run
+
+The money path runs prepared SQL on the driver (asyncpg) connection, typed as `Connection`, inside a transaction the
+driver owns: none of SQLAlchemy's per-statement work is in the way of a callback. A connection that died (the
+database restarted, a failover) is checked before use and never handed out again, and a database that cannot be
+reached is one error, `DatabaseUnavailable`, that the API answers with 503 and `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from assetpay_merchant.core.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
+
+Connection = asyncpg.Connection
+"""The driver connection of a unit of work's transaction (the money path's statements run on it)."""
+Record = asyncpg.Record
+
+RETRY_AFTER_SECONDS = 1
+CONNECT_TIMEOUT_SECONDS = 5.0
+
+# What a dead or unreachable server looks like, from the driver, from SQLAlchemy, or from the socket.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable (ConnectionError and TimeoutError are OSErrors)
+    asyncpg.InterfaceError,  # "connection is closed", "another operation is in progress" after a drop
+    asyncpg.PostgresConnectionError,  # 08xxx: connection failures, including "cannot connect now"
+    asyncpg.exceptions.AdminShutdownError,  # 57P01: the server is shutting down
+    asyncpg.exceptions.CannotConnectNowError,  # 57P03: the server is starting up
+    asyncpg.exceptions.CrashShutdownError,  # 57P02: another backend crashed
+    asyncpg.InternalClientError,  # the driver caught mid-statement by the server's termination message
+    sa_exc.TimeoutError,  # no pooled connection came free in time
+)
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when `error` says the database could not be reached or the connection died, not that a query failed."""
+    if isinstance(error, sa_exc.DBAPIError):
+        return error.connection_invalidated or (error.orig is not None and is_unreachable(error.orig))
+    if isinstance(error, _UNREACHABLE):
+        return True
+    cause = error.__cause__
+    return cause is not None and cause is not error and isinstance(cause, _UNREACHABLE)
+
+
+def async_url(url: str | URL) -> URL:
+    """Accept `postgres://`, `postgresql://` or `postgresql+asyncpg://` and return the asyncpg form."""
+    parsed = make_url(str(url).replace("postgres://", "postgresql://", 1))
+    if parsed.get_backend_name() != "postgresql":
+        raise ValueError(f"DATABASE_URL must be a PostgreSQL URL, got {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+asyncpg")
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An asyncpg engine whose pool checks each connection before lending it, so one that died while the database
+    restarted is replaced, not handed out; `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`)."""
+    connect_args = {"timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
+
+
+class UnitOfWork:
+    """One database transaction, begun and committed by `Database.unit_of_work()` and by nothing else.
+
+    `db` is the transaction's driver connection. `after_commit(hook)` queues work that must happen only once the
+    transaction has committed (metrics, notifications): it never runs for a transaction that rolled back.
+    """
+
+    __slots__ = ("_hooks", "db")
+
+    def __init__(self, db: Connection) -> None:
+        self.db = db
+        self._hooks: list[Callable[[], None]] = []
+
+    def after_commit(self, hook: Callable[[], None]) -> None:
+        self._hooks.append(hook)
+
+    def _committed(self) -> None:
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:  # the transaction has committed: a failing hook must not turn it into an error
+                log.exception("after-commit hook failed")
+
+
+async def _driver(connection: AsyncConnection) -> Connection:
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    return driver
+
+
+class Database:
+    """The app's database: units of work for changes, sessions for the read views."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+    @asynccontextmanager
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
+        """BEGIN, yield, COMMIT (ROLLBACK on any error); then the after-commit hooks run."""
+        async with self._connection() as connection:
+            uow = UnitOfWork(await _driver(connection))
+            async with uow.db.transaction():
+                yield uow
+        uow._committed()
+
+    @asynccontextmanager
+    async def statements(self) -> AsyncIterator[Connection]:
+        """A pooled driver connection for a read or two that need no transaction (each statement stands alone)."""
+        async with self._connection() as connection:
+            yield await _driver(connection)
+
+    @asynccontextmanager
+    async def reads(self) -> AsyncIterator[AsyncSession]:
+        """An ORM session for read-only views; whatever it did is rolled back when it closes."""
+        try:
+            async with self._sessions() as session:
+                yield session
+        except Exception as error:
+            if is_unreachable(error):
+                raise _unavailable(error) from error
+            raise
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Connection]:
+        """A read-only transaction on one snapshot of the database (e.g. checking the books while they move)."""
+        async with self._connection() as connection:
+            driver = await _driver(connection)
+            async with driver.transaction(isolation="repeatable_read", readonly=True):
+                yield driver
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        """A pooled connection; a dead one is discarded instead of going back to the pool, and an unreachable
+        database raises DatabaseUnavailable."""
+        try:
+            connection = await self.engine.connect()
+        except Exception as error:
+            if is_unreachable(error):
+                raise _unavailable(error) from error
+            raise
+        try:
+            yield connection
+        except BaseException as error:
+            if is_unreachable(error):
+                await connection.invalidate()
+                raise _unavailable(error) from error
+            raise
+        finally:
+            await connection.close()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _unavailable(error: BaseException) -> DatabaseUnavailable:
+    log.warning("database unavailable: %s: %s", type(error).__name__, error)
+    return DatabaseUnavailable("The database is unavailable; retry shortly", retry_after=RETRY_AFTER_SECONDS)

@@ -1,0 +1,190 @@
+"""The `trades` table on the money path: `TradeRow`, and finding, locking, recording and saving trades.
+
+This is the hot path of every callback, so it speaks plain SQL on the unit of work's driver connection (one
+prepared statement per step). `TradeRow` is the same table as the ORM's `Trade`: its fields are the table's
+columns, in the table's order (a test holds them together), and the SQL below is built from the table itself.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from assetpay_merchant.core import policy
+from assetpay_merchant.store.database import Connection, Record
+from assetpay_merchant.store.tables import Trade
+
+UNKNOWN_USER = "no user of ours matches externalClientUserId or clientSteamID"
+
+
+@dataclass(slots=True)
+class TradeRow:
+    """One row of `trades`, held under its row lock while a unit of work changes it."""
+
+    id: uuid.UUID
+    assetpay_id: str | None
+    external_id: str | None
+    user_id: str | None
+    client_steam_id: str | None
+    external_client_user_id: str | None
+    type: str
+    game: str
+    status: str
+    total_price: Decimal
+    pre_credit: Decimal
+    pending_credit: Decimal
+    authorized_amount: Decimal | None
+    approved_amount: Decimal | None
+    posted: Decimal
+    items: list[dict[str, Any]]
+    is_instant: bool | None
+    error: str | None
+    hold_end_date: datetime | None
+    needs_review: bool
+    review_reason: str | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_record(cls, record: Record | dict[str, Any]) -> TradeRow:
+        values = dict(record)
+        values["items"] = json.loads(values["items"])
+        return cls(**values)
+
+    def flag(self, reason: str) -> None:
+        """Mark for a person to look at; reasons accumulate, each once."""
+        reasons = self.review_reason.split("; ") if self.review_reason else []
+        if reason not in reasons:
+            self.review_reason = "; ".join([*reasons, reason])
+        self.needs_review = True
+
+    def unflag(self, reason: str) -> None:
+        """Withdraw one reason, now resolved; the flag stays while other reasons remain."""
+        remaining = [r for r in (self.review_reason or "").split("; ") if r and r != reason]
+        self.review_reason = "; ".join(remaining) or None
+        self.needs_review = bool(remaining)
+
+    def facts(self) -> policy.TradeFacts:
+        """What the ledger policy needs to know of this trade."""
+        trade_type = policy.TradeType(self.type)
+        return policy.TradeFacts(
+            type=trade_type,
+            status=policy.Status(self.status),
+            total_price=self.total_price,
+            pre_credit=self.pre_credit,
+            approved_amount=self.approved_amount,
+            items=ledger_items(self.items) if trade_type is policy.TradeType.WITHDRAW else (),
+        )
+
+
+def ledger_items(stored: Sequence[dict[str, Any]]) -> list[policy.Item]:
+    """Stored items as the policy sees them: unit price, count and (on withdrawals) their own status."""
+    items = []
+    for item in stored:
+        status = item.get("status")
+        items.append(
+            policy.Item(
+                price=Decimal(str(item.get("price", "0"))),
+                amount=Decimal(str(item.get("amount", 1))),
+                status=policy.parse_status(status) if status else None,
+            )
+        )
+    return items
+
+
+COLUMNS: tuple[str, ...] = tuple(column.name for column in Trade.__table__.columns)
+_SELECTED = ", ".join("items::text AS items" if name == "items" else name for name in COLUMNS)
+SELECT_TRADE = f"SELECT {_SELECTED} FROM trades"  # noqa: S608 (the table's own column names, no input)
+_INSERTED = [name for name in COLUMNS if name not in ("created_at", "updated_at", "needs_review", "review_reason")]
+_PLACEHOLDERS = ", ".join(f"${n}::text::jsonb" if name == "items" else f"${n}" for n, name in enumerate(_INSERTED, 1))
+_SAVED = [name for name in COLUMNS if name not in ("id", "external_id", "created_at", "updated_at")]
+_ASSIGNMENTS = ", ".join(
+    f"{name} = ${n}::text::jsonb" if name == "items" else f"{name} = ${n}" for n, name in enumerate(_SAVED, 2)
+)
+
+_FIND_BY_ID = f"{SELECT_TRADE} WHERE id = $1"
+_LOCK_BY_ID = f"{_FIND_BY_ID} FOR UPDATE"
+_LOCK_BY_REF = f"""
+{SELECT_TRADE}
+WHERE assetpay_id = $1 OR (external_id = $2 AND assetpay_id IS NULL)
+ORDER BY assetpay_id = $1 DESC NULLS LAST
+LIMIT 1
+FOR UPDATE
+"""
+_INSERT = f"""
+INSERT INTO trades ({", ".join(_INSERTED)}) VALUES ({_PLACEHOLDERS})
+ON CONFLICT DO NOTHING
+RETURNING {_SELECTED}
+"""  # noqa: S608 (the table's own column names, no input)
+_SAVE = f"UPDATE trades SET {_ASSIGNMENTS}, updated_at = now() WHERE id = $1 RETURNING updated_at"  # noqa: S608
+_ORPHANS = """
+SELECT id FROM trades
+WHERE user_id IS NULL AND (external_client_user_id = $1 OR client_steam_id = $2)
+ORDER BY id
+"""
+_FIND_USER = """
+SELECT id FROM users WHERE id = $1 OR steam_id = $2
+ORDER BY id = $1 DESC NULLS LAST
+LIMIT 1
+"""
+_FLAG_BY_ASSETPAY_ID = """
+UPDATE trades SET needs_review = true, review_reason = $2, updated_at = now()
+WHERE assetpay_id = $1 AND review_reason IS NULL
+"""
+
+
+def _value(trade: TradeRow, name: str) -> Any:
+    value = getattr(trade, name)
+    return json.dumps(value) if name == "items" else value
+
+
+async def find_user_id(db: Connection, *, user_id: str | None, steam_id: str | None) -> str | None:
+    """Our user: `user_id` is our own id (AssetPay's `externalClientUserId`); failing that, their Steam id."""
+    if user_id is None and steam_id is None:
+        return None
+    found: str | None = await db.fetchval(_FIND_USER, user_id, steam_id)
+    return found
+
+
+async def find(db: Connection, trade_id: uuid.UUID) -> TradeRow | None:
+    """The trade as it stands, unlocked (for reading)."""
+    record = await db.fetchrow(_FIND_BY_ID, trade_id)
+    return TradeRow.from_record(record) if record is not None else None
+
+
+async def lock(db: Connection, trade_id: uuid.UUID) -> TradeRow | None:
+    """The trade, locked until the unit of work ends."""
+    record = await db.fetchrow(_LOCK_BY_ID, trade_id)
+    return TradeRow.from_record(record) if record is not None else None
+
+
+async def lock_by_ref(db: Connection, *, assetpay_id: str, external_id: str | None) -> TradeRow | None:
+    """The trade AssetPay calls `assetpay_id`, or (one we recorded before AssetPay answered) our `external_id`."""
+    record = await db.fetchrow(_LOCK_BY_REF, assetpay_id, external_id)
+    return TradeRow.from_record(record) if record is not None else None
+
+
+async def insert(db: Connection, trade: TradeRow) -> TradeRow | None:
+    """Record a new trade; the row (ours, so locked until commit), or None when a unique id was taken first."""
+    record = await db.fetchrow(_INSERT, *(_value(trade, name) for name in _INSERTED))
+    return TradeRow.from_record(record) if record is not None else None
+
+
+async def save(db: Connection, trade: TradeRow) -> None:
+    """Write back what a unit of work changed in a locked trade."""
+    trade.updated_at = await db.fetchval(_SAVE, trade.id, *(_value(trade, name) for name in _SAVED))
+
+
+async def orphans(db: Connection, *, user_id: str, steam_id: str) -> list[uuid.UUID]:
+    """Trades received for this user before they were registered (nobody's yet)."""
+    return [record["id"] for record in await db.fetch(_ORPHANS, user_id, steam_id)]
+
+
+async def flag_by_assetpay_id(db: Connection, assetpay_id: str, reason: str) -> None:
+    """Flag the trade AssetPay calls `assetpay_id` for review, unless it already carries a reason."""
+    await db.execute(_FLAG_BY_ASSETPAY_ID, assetpay_id, reason[:1000])

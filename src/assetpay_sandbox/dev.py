@@ -1,0 +1,144 @@
+"""`assetpay-merchant dev`: the backend on development defaults, with this sandbox standing in for AssetPay.
+
+Everything that makes development easy lives here and only here: known secrets, the sandbox's credentials, the
+sandbox mounted at `/sandbox` with its control routes. `serve` never imports this package, and refuses every one
+of these secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from pydantic import SecretStr
+
+from assetpay_merchant.app import create_app
+from assetpay_merchant.config import Settings
+from assetpay_sandbox.app import create_sandbox_app, sandbox_of
+from assetpay_sandbox.credentials import SANDBOX_API_KEY, SANDBOX_API_SECRET, SANDBOX_MERCHANT_ID
+
+DEV_AUTH_JWT_SECRET = "dev-auth-jwt-secret-change-me-before-production"  # noqa: S105
+DEV_ADMIN_API_KEY = "dev-admin-key-change-me"
+SANDBOX_PREFIX = "/sandbox"
+_INTERNAL = "http://backend.internal"
+_SANDBOX_HOST = "http://sandbox.internal"
+
+
+def uses_sandbox(settings: Settings) -> bool:
+    """No AssetPay credentials configured: the sandbox stands in for AssetPay."""
+    return settings.assetpay_api_secret is None or not settings.assetpay_api_secret.get_secret_value()
+
+
+def dev_settings(settings: Settings) -> Settings:
+    """The configured settings, with development defaults wherever a secret is missing."""
+    defaults: dict[str, Any] = {}
+    if settings.auth_jwt_secret is None and settings.auth_jwt_public_key is None:
+        defaults["auth_jwt_secret"] = SecretStr(DEV_AUTH_JWT_SECRET)
+    if settings.admin_api_key is None:
+        defaults["admin_api_key"] = SecretStr(DEV_ADMIN_API_KEY)
+    if uses_sandbox(settings):
+        defaults |= {
+            "assetpay_base_url": _SANDBOX_HOST,  # reached in-process, see create_dev_app
+            "assetpay_api_key": SecretStr(SANDBOX_API_KEY),
+            "assetpay_api_secret": SecretStr(SANDBOX_API_SECRET),
+            "assetpay_merchant_id": SANDBOX_MERCHANT_ID,
+        }
+    return settings.model_copy(update=defaults)
+
+
+class _Deferred:
+    """An ASGI app that is named before it exists: the sandbox's callbacks go to the backend built after it."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
+def create_dev_app(settings: Settings | None = None) -> FastAPI:
+    """The backend for a laptop: with no AssetPay credentials, the sandbox at /sandbox plays AssetPay, in-process
+    (the client reaches it on no port at all, and its signed callbacks come back through the real webhook)."""
+    configured = settings or Settings()
+    sandboxed = uses_sandbox(configured)
+    settings = dev_settings(configured)
+    if not sandboxed:
+        return create_app(settings, development=True)
+
+    backend = _Deferred()
+    sandbox = create_sandbox_app(
+        api_key=SANDBOX_API_KEY,
+        api_secret=SANDBOX_API_SECRET,
+        merchant_id=SANDBOX_MERCHANT_ID,
+        callback_url=f"{_INTERNAL}/webhooks/assetpay",
+        callback_transport=httpx.ASGITransport(app=backend),
+    )
+
+    @asynccontextmanager
+    async def run_sandbox(_: FastAPI) -> AsyncIterator[None]:
+        await sandbox_of(sandbox).start()
+        try:
+            yield
+        finally:
+            await sandbox_of(sandbox).stop()
+
+    app = create_app(
+        settings,
+        development=True,
+        assetpay_transport=httpx.ASGITransport(app=sandbox),
+        lifespan_extension=run_sandbox,
+    )
+    app.mount(SANDBOX_PREFIX, sandbox)
+    backend.app = app
+    return app
+
+
+DEMO_USER = "demo-user"
+DEMO_PROFILE = (
+    '{"steamId": "76561198000000001", '
+    '"tradeUrl": "https://steamcommunity.com/tradeoffer/new/?partner=39734273&token=AbCdEf12"}'
+)
+
+
+def run(settings: Settings, *, host: str, port: int) -> int:
+    """`assetpay-merchant dev`: the configured database (else an embedded one under DATA_DIR), migrated, and the
+    backend with the sandbox; prints what a developer needs to start."""
+    import jwt
+
+    from assetpay_merchant.cli import serve
+    from assetpay_merchant.store.embedded import EmbeddedPostgres
+    from assetpay_merchant.store.migrations import upgrade
+
+    url = settings.database_url or EmbeddedPostgres(settings.data_dir / "postgres", keep_running=False).start()
+    upgrade(url)
+    os.environ["DATABASE_URL"] = url  # the server process builds its app from the environment
+    effective = dev_settings(settings)
+    assert effective.admin_api_key is not None
+    admin_key = effective.admin_api_key.get_secret_value()
+    base = f"http://{host}:{port}"
+    assetpay = f"sandbox ({base}{SANDBOX_PREFIX}/_sandbox)" if uses_sandbox(settings) else effective.assetpay_base_url
+    lines = [
+        f"AssetPay merchant backend (development) on {base}",
+        f"  API docs          {base}/docs",
+        f"  AssetPay          {assetpay}",
+        f"  X-Admin-Key       {admin_key}",
+    ]
+    if effective.auth_jwt_secret is not None:
+        token = jwt.encode(
+            {"sub": DEMO_USER, "exp": int(time.time()) + 7 * 86400},
+            effective.auth_jwt_secret.get_secret_value(),
+            algorithm="HS256",
+        )
+        lines.append(f"  demo user JWT     {token}")
+    lines.append(
+        f"  register it:      curl -X PUT {base}/v1/users/{DEMO_USER} -H 'X-Admin-Key: {admin_key}' "
+        f"-H 'Content-Type: application/json' -d '{DEMO_PROFILE}'"
+    )
+    print("\n" + "\n".join(lines) + "\n", flush=True)
+    serve("assetpay_sandbox.dev:create_dev_app", host=host, port=port, workers=1, log_level=settings.log_level)
+    return 0
