@@ -7,13 +7,15 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import httpx
+import jwt
 from fastapi import FastAPI
+from jwt.algorithms import get_default_algorithms
 
 from assetpay_merchant.api import catalog, health, ledger, trades, users, webhooks
 from assetpay_merchant.api.auth import TokenVerifier
 from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
-from assetpay_merchant.config import Settings
+from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
@@ -38,6 +40,11 @@ def token_verifier(settings: Settings) -> TokenVerifier:
     else:
         assert settings.auth_jwt_secret is not None
         key = settings.auth_jwt_secret.get_secret_value().encode()
+    try:  # a key the algorithm cannot use must stop the start, not fail every request
+        get_default_algorithms()[settings.auth_jwt_algorithm].prepare_key(key)
+    except (KeyError, jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        variable = "AUTH_JWT_PUBLIC_KEY" if public_key.strip() else "AUTH_JWT_SECRET"
+        raise ConfigurationError(f"{variable} is not a usable {settings.auth_jwt_algorithm} key: {exc}") from None
     return TokenVerifier(
         key, [settings.auth_jwt_algorithm], audience=settings.auth_jwt_audience, issuer=settings.auth_jwt_issuer
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -139,9 +138,7 @@ async def _lock_or_record(uow: UnitOfWork, snapshot: TradeSnapshot, user_hint: s
 
 
 def _new_trade(snapshot: TradeSnapshot, user_id: str | None) -> TradeRow:
-    now = datetime.now().astimezone()  # replaced by the database's clock on insert
-    return TradeRow(
-        id=uuid.uuid4(),
+    return TradeRow.new(
         assetpay_id=snapshot.id,
         external_id=snapshot.external_id,
         user_id=user_id,
@@ -153,17 +150,10 @@ def _new_trade(snapshot: TradeSnapshot, user_id: str | None) -> TradeRow:
         total_price=snapshot.total_price,
         pre_credit=snapshot.pre_credit or ZERO,
         pending_credit=snapshot.pending_credit or ZERO,
-        authorized_amount=None,
-        approved_amount=None,
-        posted=ZERO,
         items=[item.stored() for item in snapshot.items],
         is_instant=snapshot.is_instant,
         error=snapshot.error,
         hold_end_date=snapshot.hold_end_date,
-        needs_review=False,
-        review_reason=None,
-        created_at=now,
-        updated_at=now,
     )
 
 

@@ -169,11 +169,9 @@ async def _record(
 
 def _our_trade(user: UserRow, order: Order, trade_type: TradeType, authorised: Decimal | None) -> TradeRow:
     trade_id = uuid.uuid4()
-    now = datetime.now().astimezone()  # replaced by the database's clock on insert
-    return TradeRow(
+    return TradeRow.new(
         id=trade_id,
-        assetpay_id=None,
-        external_id=str(trade_id),
+        external_id=str(trade_id),  # sent to AssetPay: the callbacks and lookups find our record by it
         user_id=user.id,
         client_steam_id=user.steam_id,
         external_client_user_id=user.id,
@@ -181,19 +179,9 @@ def _our_trade(user: UserRow, order: Order, trade_type: TradeType, authorised: D
         game=str(order.game),
         status=Status.INITIATED.value,
         total_price=order.total,
-        pre_credit=ZERO,
-        pending_credit=ZERO,
         authorized_amount=authorised,
-        approved_amount=None,
-        posted=ZERO,
         items=order.stored_items(),
         is_instant=order.is_instant if isinstance(order, DepositOrder) else None,
-        error=None,
-        hold_end_date=None,
-        needs_review=False,
-        review_reason=None,
-        created_at=now,
-        updated_at=now,
     )
 
 

@@ -11,11 +11,12 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from assetpay_merchant.core import policy
+from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.store.database import Connection, Record
 from assetpay_merchant.store.tables import Trade
 
@@ -49,6 +50,36 @@ class TradeRow:
     review_reason: str | None
     created_at: datetime
     updated_at: datetime
+
+    @classmethod
+    def new(cls, **columns: Any) -> TradeRow:
+        """A trade not yet recorded: the given columns, the table's defaults for the rest (the timestamps are the
+        database's, set when it is inserted)."""
+        now = datetime.now(UTC)
+        defaults: dict[str, Any] = {
+            "id": uuid.uuid4(),
+            "assetpay_id": None,
+            "external_id": None,
+            "user_id": None,
+            "client_steam_id": None,
+            "external_client_user_id": None,
+            "game": "730",
+            "total_price": ZERO,
+            "pre_credit": ZERO,
+            "pending_credit": ZERO,
+            "authorized_amount": None,
+            "approved_amount": None,
+            "posted": ZERO,
+            "items": [],
+            "is_instant": None,
+            "error": None,
+            "hold_end_date": None,
+            "needs_review": False,
+            "review_reason": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        return cls(**(defaults | columns))
 
     @classmethod
     def from_record(cls, record: Record | dict[str, Any]) -> TradeRow:
