@@ -4,6 +4,5 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY src ./src
 COPY migrations ./migrations
 RUN pip install --no-cache-dir -e .
-ENV ENVIRONMENT=production
 EXPOSE 8000
 CMD ["sh", "-c", "assetpay-merchant migrate && exec assetpay-merchant serve --host 0.0.0.0 --port 8000 --workers ${WORKERS:-2}"]

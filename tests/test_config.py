@@ -101,3 +101,11 @@ def test_environment_variables_use_the_fixed_names(monkeypatch):
     assert loaded.database_url == "postgresql://elsewhere/db"
     assert loaded.assetpay_base_url == "https://api-staging.assetpay.gg"
     assert loaded.assetpay_merchant_id == "merchant-1"
+
+
+def test_empty_lines_of_an_env_file_mean_unset(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AUTH_JWT_AUDIENCE=\nAUTH_JWT_ISSUER=\nASSETPAY_MERCHANT_ID=\nADMIN_API_KEY=\n")
+    loaded = Settings()
+    assert (loaded.auth_jwt_audience, loaded.auth_jwt_issuer, loaded.assetpay_merchant_id) == (None, None, None)
+    assert loaded.admin_api_key is None

@@ -8,8 +8,9 @@ Development defaults do not live here at all: `assetpay-merchant dev` brings its
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PRODUCTION_ASSETPAY_URL = "https://api.assetpay.gg"
@@ -74,6 +75,24 @@ class Settings(BaseSettings):
     currency: str = "USD"
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator(
+        "database_url",
+        "assetpay_api_key",
+        "assetpay_api_secret",
+        "assetpay_api_secret_previous",
+        "assetpay_merchant_id",
+        "auth_jwt_secret",
+        "auth_jwt_public_key",
+        "auth_jwt_audience",
+        "auth_jwt_issuer",
+        "admin_api_key",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`NAME=` in a .env file means "not set", as if the line were not there."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     def require_database_url(self) -> str:
         if not self.database_url:
