@@ -1,5 +1,5 @@
--- One AssetPay trade callback as the app handles it: the statements of webhooks/intake.py, trades/service.py and
--- ledger/service.py, in the same order, one transaction per delivery. bench/webhooks.py runs it as
+-- One AssetPay trade callback as the app handles it: the statements of services/intake.py (store/deliveries.py),
+-- store/trades.py and store/ledger.py, in the same order, one transaction per delivery. bench/webhooks.py runs it as
 --   pgbench -n -M prepared -c 16 -j 2 -T <s> -f bench/webhook_delivery.sql -D users=200 -D dup_pct=10 -D revert_pct=20
 --           -D steam_base=76561198100000000 -D d=0 -D t=0 -D phase=0 -D dkey=0 -D tkey=0
 --           -D raw_body=<a callback body, ~1.1 kB of JSON> -D items=<its items as the app stores them> <database>
@@ -48,8 +48,9 @@ SELECT id FROM users WHERE id = 'bench-user-' || :uid OR steam_id = :steam::text
 ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
 LIMIT 1;
 INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game,
-                    status, total_price, pre_credit, pending_credit, items, is_instant, error, hold_end_date)
-VALUES (gen_random_uuid(), 'pgb-t-' || :tkey, 'pgb-x-' || :tkey, 'bench-user-' || :uid, :steam::text, 'bench-user-' || :uid, 'deposit', '730', 'hold', :total, :pre, :pending, :items::text::jsonb, true, NULL, now() + interval '7 days')
+                    status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, items,
+                    is_instant, error, hold_end_date)
+VALUES (gen_random_uuid(), 'pgb-t-' || :tkey, 'pgb-x-' || :tkey, 'bench-user-' || :uid, :steam::text, 'bench-user-' || :uid, 'deposit', '730', 'hold', :total, :pre, :pending, NULL, NULL, 0, :items::text::jsonb, true, NULL, now() + interval '7 days')
 ON CONFLICT DO NOTHING
 RETURNING id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items \gset tr_
 WITH moved AS (
@@ -59,8 +60,9 @@ INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
 SELECT 'bench-user-' || :uid, :tr_id, :pre, 'pre_credit', available FROM moved
 RETURNING balance_after;
 UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = :tr_status, game = :tr_game, total_price = :total, pre_credit = :pre,
-    pending_credit = :pending, approved_amount = NULL, posted = :pre, items = :items::text::jsonb, is_instant = true,
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = :tr_status,
+    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :pre, items = :items::text::jsonb, is_instant = true,
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;
@@ -89,8 +91,9 @@ INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
 SELECT 'bench-user-' || :uid, :tr_id, :minus_pre, 'reversal', available FROM moved
 RETURNING balance_after;
 UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = 'reverted', game = :tr_game, total_price = :total, pre_credit = :pre,
-    pending_credit = :pending, approved_amount = NULL, posted = 0, items = :items::text::jsonb, is_instant = true,
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'reverted',
+    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = 0, items = :items::text::jsonb, is_instant = true,
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;
@@ -114,8 +117,9 @@ INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
 SELECT 'bench-user-' || :uid, :tr_id, :pending, 'credit', available FROM moved
 RETURNING balance_after;
 UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, status = 'completed', game = :tr_game, total_price = :total, pre_credit = :pre,
-    pending_credit = :pending, approved_amount = NULL, posted = :total, items = :items::text::jsonb, is_instant = true,
+SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'completed',
+    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :total, items = :items::text::jsonb, is_instant = true,
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;

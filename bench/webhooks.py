@@ -11,7 +11,7 @@ resends (same delivery id, header and body) of an earlier delivery. Every answer
 
 Then pgbench runs bench/webhook_delivery.sql, the same statements the app sends per callback, on the same
 database for the same time with as many clients, and the summary compares the two (targets: app/pgbench >= 0.30,
-p99 < 50 ms). The ledger is checked after each phase (`assetpay_merchant.ledger.service.check`, plus the balances
+p99 < 50 ms). The ledger is checked after each phase (`assetpay_merchant.store.ledger.check`, plus the balances
 the senders expect), the scratch database is dropped, and every process started here is stopped, also on errors.
 See bench/README.md.
 """
@@ -91,25 +91,28 @@ ICON = "https://community.cloudflare.steamstatic.com/economy/image/-9a81dlWLwJ2U
 # and the other SQL of those modules (not on the trade-callback path). When they change, the summary warns that the
 # script may no longer do the app's work: update the script, then these (`--sql-fingerprints` prints them).
 SQL_MODULES = (
-    "assetpay_merchant.webhooks.intake",
-    "assetpay_merchant.trades.service",
-    "assetpay_merchant.ledger.service",
+    "assetpay_merchant.store.deliveries",
+    "assetpay_merchant.store.trades",
+    "assetpay_merchant.store.ledger",
 )
 MIRRORED_SQL = {
-    "assetpay_merchant.webhooks.intake._RECORD": "462620d33f9c",
-    "assetpay_merchant.webhooks.intake._OUTCOME": "3269da4e7242",
-    "assetpay_merchant.trades.service._LOCK_FOR_CALLBACK": "243dc008b00d",
-    "assetpay_merchant.trades.service._FIND_USER": "82598df75dd0",
-    "assetpay_merchant.trades.service._INSERT_FROM_CALLBACK": "7cc57726b4ec",
-    "assetpay_merchant.trades.service._SAVE": "8b163ff87bba",
-    "assetpay_merchant.ledger.service._POST": "c5db7073ba3f",
+    "assetpay_merchant.store.deliveries._RECORD": "462620d33f9c",
+    "assetpay_merchant.store.deliveries._OUTCOME": "3269da4e7242",
+    "assetpay_merchant.store.trades._LOCK_BY_REF": "40c92d93cca8",
+    "assetpay_merchant.store.trades._FIND_USER": "82598df75dd0",
+    "assetpay_merchant.store.trades._INSERT": "b29e27269a64",
+    "assetpay_merchant.store.trades._SAVE": "dd4a2717a2af",
+    "assetpay_merchant.store.ledger._POST": "c5db7073ba3f",
 }
 OTHER_SQL = {
-    "assetpay_merchant.webhooks.intake._FLAG_INVALID",
-    "assetpay_merchant.trades.service.SELECT_TRADE",
-    "assetpay_merchant.ledger.service.SELECT_TRADE",
-    "assetpay_merchant.ledger.service._BALANCES_OFF",
-    "assetpay_merchant.ledger.service._TRADES_WITH_ENTRIES",
+    "assetpay_merchant.store.trades.SELECT_TRADE",
+    "assetpay_merchant.store.trades._FIND_BY_ID",
+    "assetpay_merchant.store.trades._LOCK_BY_ID",
+    "assetpay_merchant.store.trades._ORPHANS",
+    "assetpay_merchant.store.trades._FLAG_BY_ASSETPAY_ID",
+    "assetpay_merchant.store.ledger.SELECT_TRADE",
+    "assetpay_merchant.store.ledger._BALANCES_OFF",
+    "assetpay_merchant.store.ledger._TRADES_WITH_ENTRIES",
 }
 SQL_PATTERN = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 

@@ -7,20 +7,24 @@
 
 The money path runs prepared SQL on the driver (asyncpg) connection, typed as `Connection`, inside a transaction the
 driver owns: none of SQLAlchemy's per-statement work is in the way of a callback. A connection that died (the
-database restarted, a failover) is checked before use and never handed out again, and a database that cannot be
-reached is one error, `DatabaseUnavailable`, that the API answers with 503 and `Retry-After`.
+database restarted, a failover) is never lent again (see `_Liveness`), and a database that cannot be reached is one
+error, `DatabaseUnavailable`, that the API answers with 503 and `Retry-After`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from assetpay_merchant.core.errors import DatabaseUnavailable
@@ -33,6 +37,7 @@ Record = asyncpg.Record
 
 RETRY_AFTER_SECONDS = 1
 CONNECT_TIMEOUT_SECONDS = 5.0
+PING_AFTER_IDLE_SECONDS = 1.0
 
 # What a dead or unreachable server looks like, from the driver, from SQLAlchemy, or from the socket.
 _UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -66,11 +71,54 @@ def async_url(url: str | URL) -> URL:
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An asyncpg engine whose pool checks each connection before lending it, so one that died while the database
-    restarted is replaced, not handed out; `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`)."""
+    """An asyncpg engine whose pool never lends a connection known or likely to be dead (see `_Liveness`);
+    `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`)."""
     connect_args = {"timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
+    engine = create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
+    _liveness(engine)
+    return engine
+
+
+class _Liveness:
+    """Checks a pooled connection before it is lent, when there is a reason to doubt it: it sat idle for a while
+    (the server may have restarted meanwhile), or some connection of this engine was found dead since this one was
+    last checked (a restart kills them all). A connection in steady use costs no extra round trip; a doubtful one
+    is pinged, and a dead one is replaced (SQLAlchemy retries the checkout on `DisconnectionError`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.deaths = 0
+        event.listen(engine, "checkout", self._on_checkout)
+        event.listen(engine, "checkin", self._on_checkin)
+
+    def found_dead(self) -> None:
+        self.deaths += 1
+
+    def _on_checkin(self, dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    def _on_checkout(self, dbapi_connection: Any, record: ConnectionPoolEntry, proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None:  # just connected
+            record.info["deaths_seen"] = self.deaths
+            return
+        if record.info.get("deaths_seen") == self.deaths and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            self.found_dead()
+            raise sa_exc.DisconnectionError("a pooled connection was dead") from error
+        record.info["deaths_seen"] = self.deaths
+
+
+_WATCHED: weakref.WeakKeyDictionary[Engine, _Liveness] = weakref.WeakKeyDictionary()
+
+
+def _liveness(engine: AsyncEngine) -> _Liveness:
+    watcher = _WATCHED.get(engine.sync_engine)
+    if watcher is None:
+        watcher = _WATCHED[engine.sync_engine] = _Liveness(engine.sync_engine)
+    return watcher
 
 
 class UnitOfWork:
@@ -109,6 +157,7 @@ class Database:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._liveness = _liveness(engine)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
     @asynccontextmanager
@@ -153,12 +202,14 @@ class Database:
             connection = await self.engine.connect()
         except Exception as error:
             if is_unreachable(error):
+                self._liveness.found_dead()
                 raise _unavailable(error) from error
             raise
         try:
             yield connection
         except BaseException as error:
             if is_unreachable(error):
+                self._liveness.found_dead()  # the others may be dead too: check each before it is lent again
                 await connection.invalidate()
                 raise _unavailable(error) from error
             raise
