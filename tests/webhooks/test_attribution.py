@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from prometheus_client import REGISTRY
+
 from tests.support import ADMIN_KEY, TRADE_URL, auth, balance, deliver_trade, new_steam_id, register_user, trade
 from tests.webhooks.helpers import count, deliveries, entries, funded_user, trade_row
 
@@ -279,3 +281,38 @@ async def test_another_users_trade_is_not_found(client, engine):
     response = await client.get(f"/v1/trades/{stored['id']}", headers=auth("u2"))
     assert response.status_code == 404
     assert response.json()["error"]["key"] == "TRADE_NOT_FOUND"
+
+
+def _sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_adoption_is_counted_like_every_other_settlement(client, engine):
+    """Adoption goes through the settlement path: its posting is counted, and so is the settlement by source."""
+    steam = new_steam_id()
+    postings = _sample("ledger_postings_total", kind="credit")
+    adoptions = _sample("settlements_total", source="adoption", outcome="adopted")
+    await deliver_trade(client, trade(trade_id="t-adopt", status="completed", total="30.00", steam_id=steam))
+    await register_user(client, "u-adopt", steam)
+    assert await balance(client, "u-adopt") == Decimal("30.00")
+    assert _sample("ledger_postings_total", kind="credit") == postings + 1
+    assert _sample("settlements_total", source="adoption", outcome="adopted") == adoptions + 1
+
+
+async def test_adoption_applies_the_review_flags_of_the_callback_path(client, engine):
+    """A withdrawal completed without our approval, adopted later, is charged and flagged like one that arrived
+    for a known user; the unknown-user flag goes once the user is known."""
+    steam = new_steam_id()
+    await deliver_trade(
+        client, trade(trade_id="t-unapproved", type="withdraw", status="completed", total="5.00", steam_id=steam)
+    )
+    before = await trade_row(engine, "t-unapproved")
+    assert before is not None
+    assert "no user of ours" in before["review_reason"]
+    await register_user(client, "u-unapproved", steam)
+    after = await trade_row(engine, "t-unapproved")
+    assert after is not None
+    assert after["needs_review"]
+    assert "without an approve verdict" in after["review_reason"]
+    assert "no user of ours" not in after["review_reason"]
+    assert await balance(client, "u-unapproved") == Decimal("-5.00")
