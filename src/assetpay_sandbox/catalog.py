@@ -13,10 +13,12 @@ from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
-CS2 = 730
-RUST = 252490
-GAMES = frozenset({CS2, RUST})
-SORTS = ("relevance", "priceAsc", "priceDesc", "nameAsc", "nameDesc")
+from assetpay_merchant.core.vocabulary import GameId, MarketSort
+
+CS2 = int(GameId.CS2)
+RUST = int(GameId.RUST)
+GAMES = frozenset(int(game) for game in GameId)
+SORTS = tuple(sort.value for sort in MarketSort)
 CENT = Decimal("0.01")
 
 _CS2_BASE: tuple[tuple[str, str, str], ...] = (

@@ -14,6 +14,15 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
+from assetpay_merchant.core.vocabulary import (
+    MAX_DEPOSIT_ITEMS,
+    MAX_EXTERNAL_ID_LENGTH,
+    MAX_ITEM_AMOUNT,
+    MAX_ITEM_ID_LENGTH,
+    MAX_WITHDRAW_ITEMS,
+    MAX_WITHDRAW_PRICE,
+    MIN_ITEM_ID_LENGTH,
+)
 from assetpay_sandbox.catalog import GAMES
 from assetpay_sandbox.tokens import STEAM_ID, TRADE_URL
 from assetpay_sandbox.wire import validation_failed
@@ -72,33 +81,33 @@ class AuthenticateClient(_Body):
 
 
 class DepositItem(_Part):
-    item_id: str = Field(alias="itemId", min_length=5, max_length=256)
+    item_id: str = Field(alias="itemId", min_length=MIN_ITEM_ID_LENGTH, max_length=MAX_ITEM_ID_LENGTH)
     price: Number = Field(gt=0)
-    amount: int = Field(default=1, ge=1, le=10_000)
+    amount: int = Field(default=1, ge=1, le=MAX_ITEM_AMOUNT)
 
 
 class DepositRequest(_Body):
-    items: list[DepositItem] = Field(min_length=1, max_length=250)
+    items: list[DepositItem] = Field(min_length=1, max_length=MAX_DEPOSIT_ITEMS)
     game: str = "730"
-    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=128)
+    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH)
     is_instant: bool = Field(default=False, alias="isInstant")
 
     _check_game = field_validator("game")(_game)
 
 
 class WithdrawItem(_Part):
-    item_id: str = Field(alias="itemId", min_length=5, max_length=256)
-    price: Number = Field(gt=0, le=100_000)
-    max_price: Number | None = Field(default=None, alias="maxPrice", gt=0, le=100_000)
-    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=128)
+    item_id: str = Field(alias="itemId", min_length=MIN_ITEM_ID_LENGTH, max_length=MAX_ITEM_ID_LENGTH)
+    price: Number = Field(gt=0, le=MAX_WITHDRAW_PRICE)
+    max_price: Number | None = Field(default=None, alias="maxPrice", gt=0, le=MAX_WITHDRAW_PRICE)
+    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH)
 
 
 class WithdrawRequest(_Body):
-    items: list[WithdrawItem] = Field(min_length=1, max_length=50)
+    items: list[WithdrawItem] = Field(min_length=1, max_length=MAX_WITHDRAW_ITEMS)
     slippage_bps: int = Field(default=0, alias="slippageBps", ge=0, le=2000)
     auto_cancel: int = Field(default=30, alias="autoCancel", ge=30, le=720)
     game: str = "730"
-    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=128)
+    external_id: str | None = Field(default=None, alias="externalId", min_length=1, max_length=MAX_EXTERNAL_ID_LENGTH)
 
     _check_game = field_validator("game")(_game)
 

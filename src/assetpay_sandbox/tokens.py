@@ -17,11 +17,12 @@ from typing import Any
 
 import simplejson
 
+from assetpay_merchant.core.vocabulary import STEAM_ID_PATTERN, TRADE_URL_PATTERN
 from assetpay_sandbox.wire import SandboxError
 
 DEFAULT_TTL_SECONDS = 86_400
-STEAM_ID = re.compile(r"^76561\d{12}$")
-TRADE_URL = re.compile(r"^https://steamcommunity\.com/tradeoffer/new/\?partner=\d{1,10}&token=[A-Za-z0-9_-]{8}$")
+STEAM_ID = re.compile(STEAM_ID_PATTERN)
+TRADE_URL = re.compile(TRADE_URL_PATTERN)
 
 
 @dataclass(frozen=True, slots=True)
