@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any
@@ -41,11 +41,31 @@ def decode_json(raw: bytes) -> Any:
     if "\\u0000" in text:  # JSON escapes are lower-case "u" only
         raise InvalidJSON("NUL characters cannot be stored")  # PostgreSQL text and JSONB refuse them
     try:
-        return json.loads(text, parse_float=Decimal)
+        body = json.loads(text, parse_float=Decimal)
     except ValueError as exc:  # malformed, or an integer longer than Python converts
         raise InvalidJSON(str(exc)) from exc
     except RecursionError:  # nested deeper than the decoder goes: no trade we accept looks like that
         raise InvalidJSON("JSON nested too deeply") from None
+    if "\\u" in text and _has_lone_surrogate(body):  # only a \uD800-style escape makes one
+        raise InvalidJSON("lone UTF-16 surrogates cannot be stored")  # nor encoded as UTF-8 for PostgreSQL
+    return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _exact_amount(value: Decimal) -> Decimal:
@@ -96,8 +116,10 @@ class TradeItem(_Lenient):
     @field_validator("amount")
     @classmethod
     def _amount(cls, value: Decimal) -> Decimal:
-        if value <= 0:
+        if not value.is_finite() or value <= 0:
             raise ValueError("amount must be positive")
+        if not fits_money_column(value):  # bounds int(amount) and price * amount
+            raise ValueError("amount has more digits than we can store exactly")
         return value
 
     @property
@@ -138,6 +160,17 @@ class TradeSnapshot(_Lenient):
     is_instant: bool | None = Field(default=None, alias="isInstant")
     error: str | None = Field(default=None, max_length=64)
     hold_end_date: datetime | None = Field(default=None, alias="holdEndDate")
+
+    @field_validator("hold_end_date")
+    @classmethod
+    def _storable_moment(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        try:
+            value.astimezone(UTC)  # as the driver converts it before storing it
+        except OverflowError:
+            raise ValueError("is out of range") from None
+        return value
 
     @model_validator(mode="after")
     def _credits_add_up(self) -> TradeSnapshot:
