@@ -38,34 +38,37 @@ def decode_json(raw: bytes) -> Any:
         text = raw.decode("utf-8")  # json.loads(bytes) would also sniff UTF-16/32
     except UnicodeDecodeError as exc:
         raise InvalidJSON(str(exc)) from exc
-    if "\\u0000" in text:  # JSON escapes are lower-case "u" only
-        raise InvalidJSON("NUL characters cannot be stored")  # PostgreSQL text and JSONB refuse them
     try:
         body = json.loads(text, parse_float=Decimal)
     except ValueError as exc:  # malformed, or an integer longer than Python converts
         raise InvalidJSON(str(exc)) from exc
     except RecursionError:  # nested deeper than the decoder goes: no trade we accept looks like that
         raise InvalidJSON("JSON nested too deeply") from None
-    if "\\u" in text and _has_lone_surrogate(body):  # only a \uD800-style escape makes one
-        raise InvalidJSON("lone UTF-16 surrogates cannot be stored")  # nor encoded as UTF-8 for PostgreSQL
+    if "\\u" in text:  # only a \u escape can make a NUL or a lone surrogate (raw ones are not valid JSON)
+        problem = _unstorable(body)
+        if problem is not None:
+            raise InvalidJSON(problem)
     return body
 
 
-def _has_lone_surrogate(value: Any) -> bool:
+def _unstorable(value: Any) -> str | None:
+    """Why PostgreSQL could not store a string in the body (NUL, or a lone UTF-16 surrogate), if one is there."""
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return "NUL characters cannot be stored"
             try:
                 item.encode("utf-8")
             except UnicodeEncodeError:
-                return True
+                return "lone UTF-16 surrogates cannot be stored"
         elif isinstance(item, dict):
             stack.extend(item)
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return False
+    return None
 
 
 def _exact_amount(value: Decimal) -> Decimal:
