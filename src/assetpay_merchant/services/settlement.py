@@ -5,7 +5,7 @@ registers, reconciliation, a realtime nudge) is applied here and nowhere else, i
 
     lock the trade (recording it if it is new) → fold in AssetPay's snapshot → attribute it to our user →
     decide an approval when one is asked → flag it for review → post `target - posted` → save it →
-    after commit: count it
+    write what the user's frontend should hear to the outbox → after commit: count it
 
 This module is the only caller of `store.ledger.post`. Order, duplicates and concurrency are harmless: the trade
 row lock serialises deliveries of one trade, an older status never moves a trade back, and what is posted is the
@@ -15,15 +15,18 @@ difference between the trade's target and what it has already posted.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from assetpay_merchant.core import policy
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.gateway.callbacks import TradeSnapshot
 from assetpay_merchant.observability import LEDGER_POSTINGS, SETTLEMENTS
-from assetpay_merchant.store import approvals, ledger, trades
+from assetpay_merchant.services.views import trade_json
+from assetpay_merchant.store import approvals, events, ledger, trades
 from assetpay_merchant.store.database import UnitOfWork
 from assetpay_merchant.store.ledger import Posting
 from assetpay_merchant.store.trades import UNKNOWN_USER, TradeRow
@@ -67,10 +70,12 @@ async def apply(
     may go ahead; the verdict (stored once per trade, repeated to every re-ask) is in the result, and an approval
     is debited before it is given."""
     trade, created = await _lock_or_record(uow, snapshot, user_id)
+    before = None if created else _shown(trade)
     step = fold(trade, snapshot)
     return await _settle(
         uow,
         trade,
+        before=before,
         source=source,
         outcome="created" if created else step.value,
         user_hint=user_id,
@@ -83,7 +88,7 @@ async def adopt(uow: UnitOfWork, trade_id: uuid.UUID) -> Settled | None:
     trade = await trades.lock(uow.db, trade_id)
     if trade is None or trade.user_id is not None:
         return None  # someone else adopted it first
-    return await _settle(uow, trade, source=Source.ADOPTION, outcome="adopted")
+    return await _settle(uow, trade, before=None, source=Source.ADOPTION, outcome="adopted")  # new to the user
 
 
 async def refuse(uow: UnitOfWork, trade_id: uuid.UUID, *, error: str) -> Settled | None:
@@ -91,9 +96,10 @@ async def refuse(uow: UnitOfWork, trade_id: uuid.UUID, *, error: str) -> Settled
     trade = await trades.lock(uow.db, trade_id)
     if trade is None or trade.assetpay_id is not None or trade.status != policy.Status.INITIATED:
         return None  # AssetPay's word on it arrived meanwhile: that stands
+    before = _shown(trade)
     trade.status = policy.Status.FAILED.value
     trade.error = error[:64]
-    return await _settle(uow, trade, source=Source.TRADING_ANSWER, outcome="refused")
+    return await _settle(uow, trade, before=before, source=Source.TRADING_ANSWER, outcome="refused")
 
 
 async def flag_unreadable(uow: UnitOfWork, trade_id: uuid.UUID, *, assetpay_id: str, reason: str) -> None:
@@ -192,12 +198,14 @@ async def _settle(
     uow: UnitOfWork,
     trade: TradeRow,
     *,
+    before: Sequence[Any] | None,
     source: Source,
     outcome: str,
     user_hint: str | None = None,
     charge: Decimal | None = None,
 ) -> Settled:
-    """Attribute, decide, flag, post the difference to the target, save, and count it once committed."""
+    """Attribute, decide, flag, post the difference to the target, save, announce, and count it once committed.
+    `before`: what the user saw of the trade before this news (None: the trade is new to them)."""
     db = uow.db
     if trade.user_id is None:
         trade.user_id = user_hint or await trades.find_user_id(
@@ -213,9 +221,34 @@ async def _settle(
         trade.flag(reason)
     posting = await _post_difference(uow, trade)
     await trades.save(db, trade)
+    if trade.user_id is not None:
+        changed = before is None or _shown(trade) != before
+        await events.append(
+            db,
+            trade.user_id,
+            trade=trade_json(trade) if changed else None,
+            # A deposit's moves change what is pending even when nothing is posted.
+            balance=posting is not None or (changed and trade.type == policy.TradeType.DEPOSIT),
+        )
     settled = Settled(trade, source, outcome, posting, verdict)
     uow.after_commit(lambda: _count(settled))
     return settled
+
+
+def _shown(trade: TradeRow) -> tuple[Any, ...]:
+    """What the user's frontend sees of a trade: when this changes, the change is announced."""
+    return (
+        trade.assetpay_id,
+        trade.status,
+        trade.game,
+        trade.total_price,
+        trade.pre_credit,
+        trade.pending_credit,
+        trade.posted,
+        trade.error,
+        trade.hold_end_date,
+        trade.items,
+    )
 
 
 async def _decide_approval(uow: UnitOfWork, trade: TradeRow, charge: Decimal) -> policy.Verdict:

@@ -125,9 +125,31 @@ class Balance(Base):
 
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
     available: Mapped[Decimal] = mapped_column(MoneyColumn, server_default="0")
+    last_event_id: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    """The id of the user's newest event: the counter their events are numbered by (one row lock orders them)."""
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
     )
+
+
+EVENT_TYPES = ("trade.updated", "balance.updated")
+
+
+class Event(Base):
+    """The outbox of live events: written in the transaction that caused them, numbered 1, 2, 3... per user in
+    commit order, and kept for replay (`?since=`) until the retention purge."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        CheckConstraint(f"type IN ({', '.join(repr(t) for t in EVENT_TYPES)})", name="type_known"),
+        Index("ix_events_created_at", "created_at"),
+    )
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    type: Mapped[str] = mapped_column(String(32))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ApprovalVerdict(Base):
