@@ -16,14 +16,16 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from assetpay_merchant.api.deps import ResourcesDep
+from assetpay_merchant.api.schemas import error
 from assetpay_merchant.core.errors import Forbidden, Unauthorized
 from assetpay_merchant.core.vocabulary import MAX_USER_ID_LENGTH
 
 _bearer = HTTPBearer(auto_error=False, description="JWT issued by the merchant platform; `sub` = user id")
 _admin_key = APIKeyHeader(name="X-Admin-Key", auto_error=False, description="Server-to-server key of the platform")
 
-UNAUTHORIZED = {"description": "No or invalid credentials (AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED)"}
-FORBIDDEN = {"description": "The admin key is wrong (ADMIN_KEY_INVALID)"}
+UNAUTHORIZED = error("AUTH_REQUIRED, INVALID_TOKEN, TOKEN_EXPIRED: no valid `Authorization: Bearer <JWT>`")
+ADMIN_UNAUTHORIZED = error("ADMIN_KEY_REQUIRED: no X-Admin-Key header")
+FORBIDDEN = error("ADMIN_KEY_INVALID: the X-Admin-Key is not the platform's")
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
 
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
 from assetpay_merchant.api.deps import ResourcesDep
-from assetpay_merchant.api.schemas import Money
+from assetpay_merchant.api.schemas import UPSTREAM, Money, MoneyQuery
 from assetpay_merchant.core.vocabulary import GameId, MarketSort
 from assetpay_merchant.services.catalog import InventoryQuery, MarketQuery
 
@@ -52,23 +51,15 @@ class MarketOut(BaseModel):
 
 Game = Annotated[GameId, Query(description="730 (CS2) or 252490 (Rust)")]
 Search = Annotated[str | None, Query(max_length=100)]
-Price = Annotated[Decimal | None, Query(ge=0, max_digits=24, decimal_places=8)]
+Price = Annotated[MoneyQuery | None, Query(description="A decimal string such as 10.75")]
 Page = Annotated[int, Query(ge=1, le=10_000)]
-
-UPSTREAM_ERRORS: dict[int | str, dict[str, Any]] = {
-    404: {"description": "The user is not registered (USER_NOT_FOUND)"},
-    429: {"description": "Rate-limited by AssetPay (Retry-After)"},
-    502: {"description": "AssetPay failed or gave an unreadable answer"},
-    503: {"description": "AssetPay or Steam unavailable (Retry-After when known)"},
-    504: {"description": "AssetPay did not answer in time"},
-}
 
 
 @router.get(
     "/inventory",
     response_model=InventoryOut,
     summary="The user's Steam inventory with prices and instant-credit estimate",
-    responses=UPSTREAM_ERRORS,
+    responses=UPSTREAM,
 )
 async def inventory(
     user_id: UserId,
@@ -91,7 +82,7 @@ async def inventory(
     summary="Market listings the user can buy",
     description="Identical queries are answered from a cache for a few seconds (MARKET_CACHE_TTL_SECONDS).",
     response_model=MarketOut,
-    responses=UPSTREAM_ERRORS,
+    responses=UPSTREAM,
 )
 async def market(
     user_id: UserId,

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from assetpay_merchant.api.deps import ResourcesDep
+from assetpay_merchant.api.schemas import error
 from assetpay_merchant.store.migrations import head_revision
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: database reachable and migrated to head", responses={503: {}})
+@router.get(
+    "/readyz",
+    summary="Readiness: database reachable and migrated to head",
+    responses={503: error("DATABASE_UNAVAILABLE or MIGRATIONS_PENDING: not ready to serve")},
+)
 async def readyz(resources: ResourcesDep) -> JSONResponse:
     expected = head_revision()
     try:

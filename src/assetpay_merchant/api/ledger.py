@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
 from assetpay_merchant.api.deps import ResourcesDep, SessionDep
 from assetpay_merchant.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
-from assetpay_merchant.api.schemas import Money
+from assetpay_merchant.api.schemas import DATABASE, Money, error
 from assetpay_merchant.core.errors import ValidationFailed
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.core.policy import IN_FLIGHT, TradeType
 from assetpay_merchant.store.tables import Balance, LedgerEntry, Trade
 
-router = APIRouter(prefix="/v1", tags=["balance"], responses={401: UNAUTHORIZED})
+router = APIRouter(prefix="/v1", tags=["balance"], responses={401: UNAUTHORIZED, 503: DATABASE})
 
 
 class BalanceOut(BaseModel):
@@ -62,7 +62,11 @@ async def get_balance(user_id: UserId, session: SessionDep, resources: Resources
     return await balance_of(session, user_id, resources.settings.currency)
 
 
-@router.get("/ledger", summary="The user's ledger entries, newest first")
+@router.get(
+    "/ledger",
+    summary="The user's ledger entries, newest first",
+    responses={422: error("VALIDATION_FAILED: a bad query, or a `cursor` that is not a `nextCursor` of ours")},
+)
 async def get_ledger(user_id: UserId, session: SessionDep, limit: Limit = 50, cursor: Cursor = None) -> LedgerPage:
     query = select(LedgerEntry).where(LedgerEntry.user_id == user_id).order_by(LedgerEntry.id.desc()).limit(limit + 1)
     if cursor is not None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 from sqlalchemy import select, tuple_
 
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
@@ -17,7 +17,18 @@ from assetpay_merchant.api.deps import Resources, ResourcesDep, SessionDep
 from assetpay_merchant.api.errors import render
 from assetpay_merchant.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
 from assetpay_merchant.api.routing import ExactJSONRoute
-from assetpay_merchant.api.schemas import Money
+from assetpay_merchant.api.schemas import (
+    BODY_REFUSED,
+    DATABASE,
+    NO_BODY,
+    UPSTREAM,
+    VALIDATION,
+    Money,
+    MoneyIn,
+    Responses,
+    WithdrawPriceIn,
+    error,
+)
 from assetpay_merchant.core.errors import NotFound, ValidationFailed
 from assetpay_merchant.core.money import fits_money_column
 from assetpay_merchant.core.policy import Status, TradeType
@@ -27,7 +38,6 @@ from assetpay_merchant.core.vocabulary import (
     MAX_ITEM_AMOUNT,
     MAX_ITEM_ID_LENGTH,
     MAX_WITHDRAW_ITEMS,
-    MAX_WITHDRAW_PRICE,
     MIN_ITEM_ID_LENGTH,
     GameId,
 )
@@ -38,7 +48,9 @@ from assetpay_merchant.store import idempotency
 from assetpay_merchant.store.tables import Trade
 from assetpay_merchant.store.trades import TradeRow
 
-router = APIRouter(prefix="/v1", tags=["trades"], route_class=ExactJSONRoute, responses={401: UNAUTHORIZED})
+router = APIRouter(
+    prefix="/v1", tags=["trades"], route_class=ExactJSONRoute, responses={401: UNAUTHORIZED, 503: DATABASE}
+)
 
 
 class TradeOut(BaseModel):
@@ -84,7 +96,11 @@ class TradePage(BaseModel):
     nextCursor: str | None
 
 
-@router.get("/trades", summary="The user's trades, newest first")
+@router.get(
+    "/trades",
+    summary="The user's trades, newest first",
+    responses={422: error("VALIDATION_FAILED: a bad query, or a `cursor` that is not a `nextCursor` of ours")},
+)
 async def list_trades(
     user_id: UserId,
     session: SessionDep,
@@ -116,7 +132,11 @@ async def list_trades(
     return TradePage(trades=[TradeOut.of(t) for t in page], nextCursor=next_cursor)
 
 
-@router.get("/trades/{trade_id}", summary="One of the user's trades", responses={404: {"description": "Not theirs"}})
+@router.get(
+    "/trades/{trade_id}",
+    summary="One of the user's trades",
+    responses={404: error("TRADE_NOT_FOUND: no such trade, or not the user's"), 422: VALIDATION},
+)
 async def get_trade(trade_id: str, user_id: UserId, session: SessionDep) -> TradeOut:
     try:
         key = uuid.UUID(trade_id)
@@ -128,6 +148,28 @@ async def get_trade(trade_id: str, user_id: UserId, session: SessionDep) -> Trad
     return TradeOut.of(trade)
 
 
+_GAME_STRINGS = {str(int(game)) for game in GameId}
+
+
+def _game_string(value: Any) -> Any:
+    if isinstance(value, str) and value not in _GAME_STRINGS:
+        raise ValueError(f"must be one of {', '.join(sorted(_GAME_STRINGS))}, as a number or a string")
+    return value
+
+
+GameIn = Annotated[
+    GameId,
+    BeforeValidator(_game_string),
+    WithJsonSchema(
+        {
+            "enum": [*(int(game) for game in GameId), *(str(int(game)) for game in GameId)],
+            "description": "730 (CS2) or 252490 (Rust), as a number or a string",
+        }
+    ),
+]
+"""A game in a body: AssetPay writes it as a string (`"730"`), a frontend may send the number."""
+
+
 class DepositItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -137,7 +179,7 @@ class DepositItemIn(BaseModel):
         pattern=ITEM_ID_PATTERN,
         description="`id` of the item in GET /v1/inventory",
     )
-    price: Decimal = Field(gt=0, max_digits=24, decimal_places=8, description="The item's current inventory price")
+    price: MoneyIn = Field(description="The item's current inventory price")
     amount: int | None = Field(default=None, ge=1, le=MAX_ITEM_AMOUNT, description="For stackable (Rust) items")
 
 
@@ -148,13 +190,14 @@ class DepositIn(BaseModel):
     )
 
     items: list[DepositItemIn] = Field(min_length=1, max_length=MAX_DEPOSIT_ITEMS)
-    game: GameId = GameId.CS2
+    game: GameIn = GameId.CS2
     isInstant: bool = Field(default=True, description="Credit the instant part (preCredit) when the trade is held")
 
     @field_validator("items")
     @classmethod
     def _total_fits(cls, items: list[DepositItemIn]) -> list[DepositItemIn]:
-        if not fits_money_column(sum((i.price * (i.amount or 1) for i in items), start=Decimal(0))):
+        total = sum((i.price * (i.amount or 1) for i in items), start=Decimal(0))
+        if not fits_money_column(total.normalize()):  # 1.000000000 (a JSON number) is 1, not nine decimals
             raise ValueError("the deposit's total is larger than an amount can be")
         return items
 
@@ -168,15 +211,8 @@ class WithdrawItemIn(BaseModel):
         pattern=ITEM_ID_PATTERN,
         description="`id` of the listing in GET /v1/market",
     )
-    price: Decimal = Field(gt=0, le=MAX_WITHDRAW_PRICE, max_digits=24, decimal_places=8, description="The price shown")
-    maxPrice: Decimal | None = Field(
-        default=None,
-        gt=0,
-        le=MAX_WITHDRAW_PRICE,
-        max_digits=24,
-        decimal_places=8,
-        description="The most the user will pay",
-    )
+    price: WithdrawPriceIn = Field(description="The price shown")
+    maxPrice: WithdrawPriceIn | None = Field(default=None, description="The most the user will pay; not below `price`")
 
     @model_validator(mode="after")
     def _ceiling(self) -> WithdrawItemIn:
@@ -192,7 +228,7 @@ class WithdrawIn(BaseModel):
     )
 
     items: list[WithdrawItemIn] = Field(min_length=1, max_length=MAX_WITHDRAW_ITEMS)
-    game: GameId = GameId.CS2
+    game: GameIn = GameId.CS2
 
 
 class TradeCreated(TradeOut):
@@ -223,17 +259,47 @@ IdempotencyKeyHeader = Annotated[
         max_length=idempotency.MAX_KEY_LENGTH,
         description="Retry-safe key: the same key and body return the first answer",
     ),
+    WithJsonSchema({"type": "string", "maxLength": idempotency.MAX_KEY_LENGTH, "examples": [str(uuid.UUID(int=1))]}),
 ]
 
-TRADE_ERRORS: dict[int | str, dict[str, Any]] = {
-    402: {"description": "INSUFFICIENT_BALANCE: the balance does not cover the withdrawal"},
-    404: {"description": "USER_NOT_FOUND: the platform has not registered the user"},
-    409: {"description": "PRICE_CHANGED, ITEMS_UNAVAILABLE, IDEMPOTENCY_KEY_REUSED, IDEMPOTENCY_KEY_IN_USE, ..."},
-    422: {"description": "VALIDATION_FAILED, with `fields`"},
-    429: {"description": "TOO_MANY_ACTIVE_TRADES or RATE_LIMITED (Retry-After)"},
-    502: {"description": "AssetPay failed; OUTCOME_UNKNOWN carries the recorded `tradeId`"},
-    503: {"description": "Deposits/withdrawals paused, maintenance, Steam unavailable"},
-    504: {"description": "AssetPay did not answer in time; the trade is recorded (`tradeId`)"},
+_STARTS: Responses = {
+    **UPSTREAM,
+    404: error("USER_NOT_FOUND: the platform has not registered the user"),
+    409: error(
+        "PRICE_CHANGED, ITEMS_UNAVAILABLE, DEPOSIT_IN_PROGRESS, WITHDRAW_IN_PROGRESS, DUPLICATE_TRADE, TRADE_REFUSED, "
+        "INVENTORY_PRIVATE, USER_NOT_TRADEABLE (AssetPay refused); IDEMPOTENCY_KEY_REUSED (the key came with another "
+        "body), IDEMPOTENCY_KEY_IN_USE (a request with the key is still running; Retry-After)",
+        retry_after=True,
+    ),
+    502: error(
+        "AssetPay failed (UPSTREAM_*, `tradeId` of the refused trade), or OUTCOME_UNKNOWN: its answer was lost, the "
+        "trade is recorded (`tradeId`) and will be settled: retry with the same Idempotency-Key, never without",
+        retry_after=True,
+    ),
+    504: error(
+        "UPSTREAM_TIMEOUT: AssetPay did not answer in time; the trade is recorded (`tradeId`), as for OUTCOME_UNKNOWN",
+        retry_after=True,
+    ),
+}
+DEPOSIT_ERRORS: Responses = {
+    **_STARTS,
+    422: error(
+        "VALIDATION_FAILED (`fields`): the body does not match this document, or the deposit's total is more than an "
+        f"amount can be (`items`), or AssetPay refused it; INVALID_TRADE_URL: the profile's trade URL. {BODY_REFUSED}"
+    ),
+    429: error(
+        "TOO_MANY_ACTIVE_TRADES: five deposits wait for acceptance; RATE_LIMITED: ten deposits in five minutes, or "
+        "AssetPay's limit",
+        retry_after=True,
+    ),
+}
+WITHDRAWAL_ERRORS: Responses = {
+    **_STARTS,
+    402: error("INSUFFICIENT_BALANCE: the balance does not cover the prices"),
+    422: error(
+        "VALIDATION_FAILED (`fields`): the body does not match this document, or an item's `maxPrice` is below its "
+        f"`price` (`items.<n>`), or AssetPay refused it; INVALID_TRADE_URL: the profile's trade URL. {BODY_REFUSED}"
+    ),
 }
 
 
@@ -282,7 +348,7 @@ async def _create(
     status_code=201,
     response_model=TradeCreated,
     summary="Start a deposit: the user sells skins for balance",
-    responses=TRADE_ERRORS,
+    responses=DEPOSIT_ERRORS,
 )
 async def create_deposit(
     body: DepositIn, request: Request, user_id: UserId, resources: ResourcesDep, key: IdempotencyKeyHeader = None
@@ -300,7 +366,7 @@ async def create_deposit(
     status_code=201,
     response_model=TradeCreated,
     summary="Start a withdrawal: the user buys skins with balance",
-    responses=TRADE_ERRORS,
+    responses=WITHDRAWAL_ERRORS,
 )
 async def create_withdrawal(
     body: WithdrawIn, request: Request, user_id: UserId, resources: ResourcesDep, key: IdempotencyKeyHeader = None
@@ -314,7 +380,14 @@ async def create_withdrawal(
 @router.post(
     "/withdrawals/{trade_id}/cancel",
     summary="Cancel what can still be cancelled of a withdrawal (refunds arrive as the trade updates)",
-    responses={404: {"description": "Not the user's withdrawal"}, 409: {"description": "TRADE_FINAL"}},
+    responses={
+        **UPSTREAM,
+        404: error("TRADE_NOT_FOUND: not one of the user's withdrawals; USER_NOT_FOUND; NOT_FOUND: AssetPay's"),
+        409: error(
+            "TRADE_FINAL: nothing is left to cancel; or AssetPay refused (TRADE_REFUSED, ...)", retry_after=True
+        ),
+    },
+    openapi_extra={"requestBody": NO_BODY},
 )
 async def cancel_withdrawal(trade_id: str, user_id: UserId, resources: ResourcesDep) -> CancelOut:
     result = await trading.cancel_withdrawal(resources.database, resources.assetpay, user_id=user_id, trade_id=trade_id)

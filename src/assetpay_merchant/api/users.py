@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from assetpay_merchant.api.auth import FORBIDDEN, UNAUTHORIZED, AdminOnly, UserId
+from assetpay_merchant.api.auth import ADMIN_UNAUTHORIZED, FORBIDDEN, UNAUTHORIZED, AdminOnly, UserId
 from assetpay_merchant.api.deps import ResourcesDep, SessionDep
 from assetpay_merchant.api.ledger import BalanceOut, balance_of
 from assetpay_merchant.api.routing import ExactJSONRoute
+from assetpay_merchant.api.schemas import DATABASE, NO_BODY, UPSTREAM, VALIDATION, WagerIn, error
 from assetpay_merchant.core.vocabulary import MAX_USER_ID_LENGTH, STEAM_ID_PATTERN, TRADE_URL_PATTERN, USER_ID_PATTERN
 from assetpay_merchant.services import users
 from assetpay_merchant.store.users import UserRow
 
-router = APIRouter(prefix="/v1", tags=["users"], route_class=ExactJSONRoute)
+router = APIRouter(prefix="/v1", tags=["users"], route_class=ExactJSONRoute, responses={503: DATABASE})
+
+MAX_KYC_LEVEL = 2**31 - 1
+"""The largest kycLevel we keep (a 32-bit integer, as AssetPay's and most platforms' stores hold it)."""
 
 
 class ClientData(BaseModel):
@@ -25,10 +28,10 @@ class ClientData(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    total_wager: Decimal | None = Field(default=None, ge=0, alias="totalWager", allow_inf_nan=False)
+    total_wager: WagerIn | None = Field(default=None, alias="totalWager")
     registration_date: datetime | None = Field(default=None, alias="registrationDate")
     kyc_hash: str | None = Field(default=None, alias="kycHash", max_length=256)
-    kyc_level: int | None = Field(default=None, ge=0, alias="kycLevel")
+    kyc_level: int | None = Field(default=None, ge=0, le=MAX_KYC_LEVEL, alias="kycLevel")
     fiat_deposits: bool | None = Field(default=None, alias="fiatDeposits")
     crypto_deposits: bool | None = Field(default=None, alias="cryptoDeposits")
 
@@ -88,10 +91,12 @@ UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH, pa
     dependencies=[AdminOnly],
     summary="Create or update a user (merchant platform, X-Admin-Key)",
     responses={
+        200: {"description": "Updated"},
         201: {"model": UserOut, "description": "Created"},
-        401: {"description": "No X-Admin-Key (ADMIN_KEY_REQUIRED)"},
+        401: ADMIN_UNAUTHORIZED,
         403: FORBIDDEN,
-        409: {"description": "Steam id taken (STEAM_ID_TAKEN)"},
+        409: error("STEAM_ID_TAKEN: the Steam id belongs to another user"),
+        422: VALIDATION,
     },
 )
 async def put_user(user_id: UserIdPath, body: UserIn, resources: ResourcesDep, response: Response) -> UserOut:
@@ -108,7 +113,7 @@ async def put_user(user_id: UserIdPath, body: UserIn, resources: ResourcesDep, r
 @router.get(
     "/me",
     summary="The signed-in user's profile and balance",
-    responses={401: UNAUTHORIZED, 404: {"description": "The platform has not registered the user"}},
+    responses={401: UNAUTHORIZED, 404: error("USER_NOT_FOUND: the platform has not registered the user")},
 )
 async def me(user_id: UserId, session: SessionDep, resources: ResourcesDep) -> MeOut:
     user = await users.profile(resources.database, user_id)
@@ -130,10 +135,15 @@ class ClientTokenOut(BaseModel):
     "/client-token",
     summary="An AssetPay client token for the frontend",
     responses={
+        **UPSTREAM,
         401: UNAUTHORIZED,
-        404: {"description": "The user is not registered"},
-        502: {"description": "AssetPay failed"},
+        404: error("USER_NOT_FOUND: the platform has not registered the user"),
+        422: error(
+            "VALIDATION_FAILED: a body other than none or `{}` (`fields.body`), or AssetPay refused the stored "
+            "profile (`fields`); INVALID_TRADE_URL: the profile's trade URL"
+        ),
     },
+    openapi_extra={"requestBody": NO_BODY},
 )
 async def client_token(user_id: UserId, resources: ResourcesDep) -> ClientTokenOut:
     token = await resources.assetpay.client_token(await users.identity(resources.database, user_id))
