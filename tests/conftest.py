@@ -103,6 +103,7 @@ def settings(database_url: str) -> Settings:
         assetpay_base_url="https://assetpay.test",
         db_pool_size=30,
         db_max_overflow=120,
+        reconcile_interval_seconds=0,  # no background pass in the shared app: tests/reconciliation runs its own
     )
 
 

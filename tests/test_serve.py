@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,21 +11,8 @@ import httpx
 import pytest
 
 from assetpay_sandbox.credentials import SANDBOX_API_SECRET
-from tests.support import ADMIN_KEY, JWT_SECRET, WEBHOOK_SECRET, dumps, signed, trade
-
-CLI = Path(sys.executable).with_name("assetpay-merchant")
-SECRETS = {
-    "AUTH_JWT_SECRET": JWT_SECRET,
-    "ADMIN_API_KEY": ADMIN_KEY,
-    "ASSETPAY_API_KEY": "ap_test_key",
-    "ASSETPAY_API_SECRET": WEBHOOK_SECRET.decode(),
-}
-
-
-def clean_env(**values: str) -> dict[str, str]:
-    """The machine's environment without any of our settings, plus `values`."""
-    ours = ("DATABASE_URL", "ASSETPAY_", "AUTH_JWT_", "ADMIN_API_KEY", "ENVIRONMENT", "DATA_DIR")
-    return {k: v for k, v in os.environ.items() if not k.startswith(ours)} | values
+from tests.processes import CLI, SECRETS, clean_env, serve_process
+from tests.support import dumps, signed, trade
 
 
 def run_serve(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -71,41 +55,11 @@ def test_production_code_never_imports_the_sandbox() -> None:
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=60, env=clean_env())  # noqa: S603
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served(database_url: str, tmp_path: Path) -> Iterator[str]:
     """A real `serve` process on the test database, with real (test) secrets."""
-    port = free_port()
-    env = clean_env(DATABASE_URL=database_url, LOG_LEVEL="WARNING", **SECRETS)
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(  # noqa: S603
-        [str(CLI), "serve", "--port", str(port)], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            pytest.fail(f"serve did not become ready:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        finally:
-            process.kill()
-            log.close()
+    with serve_process(database_url, tmp_path) as address:
+        yield f"http://{address}"
 
 
 def test_a_served_backend_refuses_callbacks_signed_with_the_sandbox_secret(served: str) -> None:

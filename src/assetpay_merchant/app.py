@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 
 import httpx
 import jwt
 from fastapi import FastAPI
 from jwt.algorithms import get_default_algorithms
 
-from assetpay_merchant.api import catalog, health, ledger, trades, users, webhooks
+from assetpay_merchant.api import catalog, health, ledger, trades, users, webhooks, ws
 from assetpay_merchant.api.auth import TokenVerifier
 from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
+from assetpay_merchant.services import reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
+from assetpay_merchant.services.live import Hub
 from assetpay_merchant.store.database import Database, create_engine
+from assetpay_merchant.store.notifications import Listener
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +67,55 @@ def web_settings(settings: Settings) -> WebSettings:
     )
 
 
+def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """The shared HTTP client for AssetPay (its owner closes it)."""
+    return create_http_client(
+        connect_timeout=settings.assetpay_connect_timeout_seconds,
+        read_timeout=settings.assetpay_read_timeout_seconds,
+        max_connections=settings.assetpay_max_connections,
+        transport=transport,
+    )
+
+
+def assetpay_client(settings: Settings, http: httpx.AsyncClient) -> AssetPayClient:
+    """The AssetPay client over `http`, with the merchant's credentials."""
+    return AssetPayClient(
+        http,
+        base_url=settings.assetpay_base_url,
+        api_key=settings.assetpay_api_key,
+        api_secret=settings.assetpay_api_secret,
+        merchant_id=settings.assetpay_merchant_id,
+    )
+
+
+def reconcile_rules(settings: Settings, *, older_than: float | None = None) -> reconciliation.Rules:
+    """Which trades a reconciliation pass looks at (`older_than` seconds overrides RECONCILE_AFTER_SECONDS)."""
+    return reconciliation.Rules(
+        quiet_for=timedelta(seconds=settings.reconcile_after_seconds if older_than is None else older_than),
+        unknown_after=timedelta(seconds=settings.reconcile_unknown_after_seconds),
+        max_trades=settings.reconcile_max_trades,
+    )
+
+
+@asynccontextmanager
+async def reconciling(settings: Settings, database: Database, assetpay: AssetPayClient) -> AsyncIterator[None]:
+    """The background reconciliation job, every RECONCILE_INTERVAL_SECONDS (0: none), stopped on the way out."""
+    interval = settings.reconcile_interval_seconds
+    if interval <= 0:
+        yield
+        return
+    job = asyncio.create_task(
+        reconciliation.run_periodically(database, assetpay, reconcile_rules(settings), interval=interval),
+        name="reconciliation",
+    )
+    try:
+        yield
+    finally:
+        job.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await job
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -87,40 +142,37 @@ def create_app(
                 pool_timeout=settings.db_pool_timeout_seconds,
             )
         )
-        http = create_http_client(
-            connect_timeout=settings.assetpay_connect_timeout_seconds,
-            read_timeout=settings.assetpay_read_timeout_seconds,
-            max_connections=settings.assetpay_max_connections,
-            transport=assetpay_transport,
+        http = http_client(settings, assetpay_transport)
+        assetpay = assetpay_client(settings, http)
+        hub = Hub(database, queue_size=settings.ws_queue_size, max_per_user=settings.ws_max_connections_per_user)
+        listener = Listener(
+            settings.listen_database_url or database_url, on_notify=hub.notify, on_connected=hub.catch_up
         )
-        assetpay = AssetPayClient(
-            http,
-            base_url=settings.assetpay_base_url,
-            api_key=settings.assetpay_api_key,
-            api_secret=settings.assetpay_api_secret,
-            merchant_id=settings.assetpay_merchant_id,
-        )
+        listener.start()
         app.state.resources = Resources(
             settings=web_settings(settings),
             database=database,
             assetpay=assetpay,
             catalog=Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds)),
+            hub=hub,
             verify_user_token=verify_user_token,
         )
         try:
-            if lifespan_extension is None:
-                log.info("ready")
+            async with contextlib.AsyncExitStack() as stack:
+                if lifespan_extension is not None:
+                    await stack.enter_async_context(lifespan_extension(app))
+                # Started once everything else is up, stopped before anything else goes down.
+                await stack.enter_async_context(reconciling(settings, database, assetpay))
+                log.info("ready" if lifespan_extension is None else "ready (development)")
                 yield
-            else:
-                async with lifespan_extension(app):
-                    log.info("ready (development)")
-                    yield
         finally:
+            await listener.stop()
+            await hub.close()
             await http.aclose()
             await database.dispose()
 
     app = FastAPI(title="AssetPay merchant backend", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (webhooks, users, catalog, ledger, trades, health):  # webhooks first: the busiest route
+    for module in (webhooks, users, catalog, ledger, trades, ws, health):  # webhooks first: the busiest route
         app.include_router(module.router)
     return app

@@ -1,20 +1,26 @@
-"""The `assetpay-merchant` command: serve, migrate, dev, and ledger checks for ops.
+"""The `assetpay-merchant` command: serve, migrate, dev, and ledger checks and reconciliation for ops.
 
-`serve`, `migrate` and `ledger check` need DATABASE_URL; `serve` refuses to start with any missing or unsafe
-secret. Only `dev` starts an embedded PostgreSQL and the AssetPay sandbox.
+`serve`, `migrate`, `ledger check` and `reconcile` need DATABASE_URL (`reconcile` also ASSETPAY_API_KEY); `serve`
+refuses to start with any missing or unsafe secret. Only `dev` starts an embedded PostgreSQL and the AssetPay
+sandbox.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TextIO
 
 from pydantic import ValidationError
 from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.observability import configure_logging
+from assetpay_merchant.services import reconciliation
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.ledger import check
 from assetpay_merchant.store.migrations import upgrade
@@ -81,6 +87,88 @@ def cmd_ledger_check(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_ledger_check(settings.require_database_url()))
 
 
+EXIT_SKIPPED = 75  # EX_TEMPFAIL: another pass was running; try again later
+
+
+class ProgressBar:
+    """A one-line progress bar redrawn in place with \\r (for a terminal)."""
+
+    def __init__(self, stream: TextIO, *, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.drawn = False
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // total if total else self.width
+        bar = "#" * filled + "." * (self.width - filled)
+        self.stream.write(f"\rreconciling [{bar}] {done}/{total}")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+@contextmanager
+def _quiet_progress_logs() -> Iterator[None]:
+    """At the default INFO level, what the pass logs per request and per trade is what the command prints: keep it
+    off stderr (LOG_LEVEL=DEBUG shows it all)."""
+    names = ("assetpay_merchant.gateway.client", "assetpay_merchant.services.reconciliation")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        for logger in loggers:
+            logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+async def _reconcile(settings: Settings, url: str, *, older_than: float | None, dry_run: bool) -> int:
+    from assetpay_merchant.app import assetpay_client, http_client, reconcile_rules
+
+    database = Database(create_engine(url, pool_size=2, max_overflow=2))  # the lock's connection and one more
+    http = http_client(settings)
+    bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
+    try:
+        with _quiet_progress_logs():
+            report = await reconciliation.run_pass(
+                database,
+                assetpay_client(settings, http),
+                reconcile_rules(settings, older_than=older_than),
+                dry_run=dry_run,
+                progress=bar,
+            )
+    finally:
+        if bar is not None:
+            bar.close()
+        await http.aclose()
+        await database.dispose()
+    for change in report.changes:
+        print(f"{'would change' if dry_run else 'changed'} {change.describe()}")
+    print(report.summary())
+    if report.skipped:
+        return EXIT_SKIPPED
+    return 0 if report.clean else 1
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    url = settings.require_database_url()
+    settings.require_assetpay_key()
+    return asyncio.run(_reconcile(settings, url, older_than=args.older_than, dry_run=args.dry_run))
+
+
+def _seconds(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be a number of seconds, 0 or more")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assetpay-merchant", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +190,20 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="ledger tools").add_subparsers(dest="ledger_command", required=True)
     ledger_check = ledger.add_parser("check", help="verify balances against entries and trades against targets")
     ledger_check.set_defaults(handler=cmd_ledger_check)
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="look up the trades in flight at AssetPay now and apply their state; print what changed",
+        description="One reconciliation pass now: the trades in flight that nothing touched for --older-than "
+        "seconds (RECONCILE_AFTER_SECONDS) are looked up at AssetPay and their state applied; those it does not "
+        "know after RECONCILE_UNKNOWN_AFTER_SECONDS are failed. Exit 0 when done cleanly, 1 on failures or an "
+        f"AssetPay error, {EXIT_SKIPPED} when another pass was running.",
+    )
+    reconcile.add_argument(
+        "--older-than", type=_seconds, default=None, metavar="SECONDS", help="override RECONCILE_AFTER_SECONDS"
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="look up and report, change nothing")
+    reconcile.set_defaults(handler=cmd_reconcile)
     return parser
 
 

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    listen_database_url: str | None = None
+    """Where the live-event listener connects (LISTEN needs a session: past PgBouncer, straight to PostgreSQL);
+    unset: DATABASE_URL."""
 
     assetpay_base_url: str = PRODUCTION_ASSETPAY_URL
     assetpay_api_key: SecretStr | None = None
@@ -70,6 +73,21 @@ class Settings(BaseSettings):
     assetpay_max_connections: int = Field(default=50, ge=1)
     market_cache_ttl_seconds: float = Field(default=10.0, ge=0)
 
+    reconcile_interval_seconds: float = Field(default=60.0, ge=0)
+    """How often `serve` runs a reconciliation pass (0: never; `assetpay-merchant reconcile` still can)."""
+    reconcile_after_seconds: float = Field(default=600.0, ge=0)
+    """A trade in flight that nothing touched for this long is looked up at AssetPay."""
+    reconcile_unknown_after_seconds: float = Field(default=3600.0, ge=60)
+    """A trade AssetPay does not know is failed once it is this old (younger, its creation may be under way)."""
+    reconcile_max_trades: int = Field(default=1000, ge=1)
+    """At most this many trades per pass (the longest-quiet first)."""
+
+    ws_max_connections_per_user: int = Field(default=5, ge=1)
+    ws_queue_size: int = Field(default=256, ge=1)
+    """Events waiting for one WebSocket client; a client further behind is told to resync and dropped."""
+    event_retention_hours: float = Field(default=48.0, ge=24)
+    """How long live events are kept for `?since=` replay."""
+
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     max_webhook_body_bytes: int = Field(default=1_048_576, ge=1024)
     currency: str = "USD"
@@ -78,6 +96,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "database_url",
+        "listen_database_url",
         "assetpay_api_key",
         "assetpay_api_secret",
         "assetpay_api_secret_previous",
@@ -98,6 +117,10 @@ class Settings(BaseSettings):
         if not self.database_url:
             raise ConfigurationError("DATABASE_URL must be set (a PostgreSQL URL)")
         return self.database_url
+
+    def require_assetpay_key(self) -> None:
+        """What looking trades up needs: the merchant API key."""
+        _require_secret("ASSETPAY_API_KEY", self.assetpay_api_key)
 
     def require_safe(self) -> None:
         """Refuse to run with a secret anyone could know; the message names the first variable to fix."""

@@ -7,7 +7,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 WEBHOOK_DELIVERIES = Counter(
     "assetpay_webhook_deliveries_total", "AssetPay callbacks received, by kind and outcome", ["kind", "outcome"]
@@ -18,10 +18,34 @@ WEBHOOK_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LEDGER_POSTINGS = Counter("ledger_postings_total", "Ledger entries posted, by kind", ["kind"])
+LIVE_CLIENTS = Gauge("live_clients", "WebSocket clients connected to this process")
+LIVE_EVENTS_SENT = Counter("live_events_sent_total", "Live events sent to WebSocket clients, by type", ["type"])
+LIVE_RESYNCS = Counter("live_resyncs_total", "WebSocket clients told to resync, by reason", ["reason"])
 SETTLEMENTS = Counter(
     "settlements_total",
     "AssetPay trade states applied through the settlement path, by source and outcome",
     ["source", "outcome"],
+)
+RECONCILIATION_PASSES = Counter(
+    "reconciliation_passes_total",
+    "Reconciliation passes, by outcome (done, stopped by an AssetPay or database error, skipped: another ran)",
+    ["outcome"],
+)
+RECONCILIATION_LOOKUPS = Counter(
+    "reconciliation_lookups_total",
+    "Trades reconciliation looked up at AssetPay, by result (found, missing, error)",
+    ["result"],
+)
+RECONCILIATION_HEALED = Counter(
+    "reconciliation_healed_total",
+    "Trades whose state reconciliation changed, by cause (assetpay: its current state applied; unknown: failed "
+    "because AssetPay did not know it after the ambiguity window)",
+    ["cause"],
+)
+RECONCILIATION_FAILURES = Counter(
+    "reconciliation_failures_total",
+    "What reconciliation could not do, by reason (invalid_snapshot, assetpay_error, database_unavailable, apply_error)",
+    ["reason"],
 )
 
 

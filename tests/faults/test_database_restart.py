@@ -16,28 +16,21 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
-from pydantic import SecretStr
 from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.app import create_app
-from assetpay_merchant.config import Settings
 from assetpay_merchant.store.database import create_engine
 from assetpay_merchant.store.migrations import upgrade_async
-from tests.faults.pgcluster import PgCluster, find_bin_dir, free_port
+from tests.faults.conftest import serve, settings_for
+from tests.faults.pgcluster import PgCluster, find_bin_dir
 from tests.support import (
-    ADMIN_KEY,
-    JWT_SECRET,
-    PREVIOUS_WEBHOOK_SECRET,
-    WEBHOOK_SECRET,
     auth,
     dumps,
     ledger_problems,
@@ -60,44 +53,6 @@ OUTAGE = 2.0  # how long the database stays stopped in the stop/start case
 RECOVERY_BOUND = 5.0  # asserted: from the database back to the first 2xx callback
 RECOVERY_WAIT = 6.0  # observed: how long a phase waits for that 2xx before going on regardless
 DRAIN = 15.0  # after the faults, how long the senders get to finish their trades
-
-
-def settings_for(database_url: str) -> Settings:
-    """The session `settings` fixture of tests/conftest.py, on the private cluster."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=database_url,
-        auth_jwt_secret=SecretStr(JWT_SECRET),
-        admin_api_key=SecretStr(ADMIN_KEY),
-        assetpay_api_key=SecretStr("ap_test_key"),
-        assetpay_api_secret=SecretStr(WEBHOOK_SECRET.decode()),
-        assetpay_api_secret_previous=SecretStr(PREVIOUS_WEBHOOK_SECRET.decode()),
-        assetpay_base_url="https://assetpay.test",
-        db_pool_size=30,
-        db_max_overflow=120,
-    )
-
-
-@asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[str]:
-    """The app behind uvicorn on a free local port, in this event loop; yields its base URL."""
-    port = free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, lifespan="on", log_config=None, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        for _ in range(1000):
-            if server.started or task.done():
-                break
-            await asyncio.sleep(0.01)
-        if not server.started:
-            raise RuntimeError("uvicorn did not start (see the log above)")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=15)
 
 
 class FirstFew(logging.Filter):
@@ -133,19 +88,6 @@ def first_few_logged() -> Iterator[FirstFew]:
     finally:
         for handler in handlers:
             handler.removeFilter(keep)
-
-
-@pytest.fixture
-async def cluster() -> AsyncIterator[PgCluster]:
-    bin_dir = find_bin_dir()
-    assert bin_dir is not None
-    pg = PgCluster(bin_dir)
-    try:
-        await asyncio.to_thread(pg.init)
-        await asyncio.to_thread(pg.start)
-        yield pg
-    finally:
-        await asyncio.to_thread(pg.cleanup)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from assetpay_merchant.gateway import AssetPayClient
 from assetpay_merchant.services.catalog import Catalog
+from assetpay_merchant.services.live import Hub
 from assetpay_merchant.store.database import Database
 
 
@@ -36,6 +37,7 @@ class Resources:
     database: Database
     assetpay: AssetPayClient
     catalog: Catalog
+    hub: Hub
     verify_user_token: Callable[[str], str]
     """The end user's id from their bearer token; raises Unauthorized."""
     clock: Callable[[], datetime] = field(default=utc_now)

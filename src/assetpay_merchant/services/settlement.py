@@ -96,10 +96,27 @@ async def refuse(uow: UnitOfWork, trade_id: uuid.UUID, *, error: str) -> Settled
     trade = await trades.lock(uow.db, trade_id)
     if trade is None or trade.assetpay_id is not None or trade.status != policy.Status.INITIATED:
         return None  # AssetPay's word on it arrived meanwhile: that stands
+    return await _fail(uow, trade, error=error, source=Source.TRADING_ANSWER, outcome="refused")
+
+
+async def expire(
+    uow: UnitOfWork, trade_id: uuid.UUID, *, error: str, source: Source, review: str | None = None
+) -> Settled | None:
+    """AssetPay does not know a trade still in flight here (past any doubt): it ends as failed, and what it held
+    goes back (a withdrawal's debit is refunded, a deposit's credit taken back). `review`: why a person should look."""
+    trade = await trades.lock(uow.db, trade_id)
+    if trade is None or policy.Status(trade.status).is_final:
+        return None
+    if review is not None:
+        trade.flag(review)
+    return await _fail(uow, trade, error=error, source=source, outcome="expired")
+
+
+async def _fail(uow: UnitOfWork, trade: TradeRow, *, error: str, source: Source, outcome: str) -> Settled:
     before = _shown(trade)
     trade.status = policy.Status.FAILED.value
     trade.error = error[:64]
-    return await _settle(uow, trade, before=before, source=Source.TRADING_ANSWER, outcome="refused")
+    return await _settle(uow, trade, before=before, source=source, outcome=outcome)
 
 
 async def flag_unreadable(uow: UnitOfWork, trade_id: uuid.UUID, *, assetpay_id: str, reason: str) -> None:

@@ -24,8 +24,8 @@ import asyncpg
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, Engine, make_url
-from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
 
 from assetpay_merchant.core.errors import DatabaseUnavailable
 

@@ -219,3 +219,28 @@ async def orphans(db: Connection, *, user_id: str, steam_id: str) -> list[uuid.U
 async def flag_by_assetpay_id(db: Connection, assetpay_id: str, reason: str) -> None:
     """Flag the trade AssetPay calls `assetpay_id` for review, unless it already carries a reason."""
     await db.execute(_FLAG_BY_ASSETPAY_ID, assetpay_id, reason[:1000])
+
+
+# -- reconciliation ---------------------------------------------------------------------------------------------------
+
+_QUIET_IN_FLIGHT = f"""
+{SELECT_TRADE}
+WHERE status = ANY($1::text[]) AND updated_at < $2
+ORDER BY updated_at, id
+LIMIT $3
+"""
+
+
+async def database_now(db: Connection) -> datetime:
+    """The database's clock (trade ages are measured with it, whatever the app server's clock says)."""
+    now: datetime = await db.fetchval("SELECT now()")
+    return now
+
+
+async def quiet_in_flight(
+    db: Connection, *, statuses: Sequence[str], quiet_since: datetime, limit: int
+) -> list[TradeRow]:
+    """Trades in one of `statuses` that nothing has touched since `quiet_since`, the longest-quiet first (unlocked,
+    for reading). Ours that AssetPay never acknowledged (`assetpay_id` NULL, `initiated`) are among them."""
+    records = await db.fetch(_QUIET_IN_FLIGHT, list(statuses), quiet_since, limit)
+    return [TradeRow.from_record(record) for record in records]

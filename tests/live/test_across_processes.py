@@ -1,0 +1,48 @@
+"""Several processes on one database behave as one service: an event committed by one process reaches the
+clients of another (PostgreSQL LISTEN/NOTIFY, no broker), and `serve --workers 2` shares its clients' news."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from tests.live.conftest import live
+from tests.processes import serve_process
+from tests.support import dumps, register_user, signed, trade
+
+
+async def test_a_callback_applied_by_another_process_reaches_this_ones_client(client, served, database_url, tmp_path):
+    await register_user(client, "xp-1")
+    with serve_process(database_url, tmp_path) as other:
+        async with live(served, "xp-1") as connection:
+            assert (await connection.next())["type"] == "ready"
+            body = dumps({"trade": trade(status="completed", total="12.50", user_id="xp-1")})
+            async with httpx.AsyncClient() as http:
+                answer = await http.post(f"http://{other}/webhooks/assetpay", content=body, headers=signed(body))
+            assert answer.status_code == 200, answer.text
+            traded, balanced = await connection.next(), await connection.next()
+    assert (traded["type"], traded["data"]["totalPrice"]) == ("trade.updated", "12.50")
+    assert (balanced["type"], balanced["data"]["available"]) == ("balance.updated", "12.50")
+
+
+async def test_clients_of_two_workers_hear_callbacks_landing_on_either(client, database_url, tmp_path: Path):
+    await register_user(client, "xp-2")
+    with serve_process(database_url, tmp_path, workers=2) as both:
+        # Several connections spread over the two workers by the kernel; each must hear every event once.
+        sockets = [live(both, "xp-2") for _ in range(4)]
+        connections = [await s.__aenter__() for s in sockets]
+        try:
+            for connection in connections:
+                assert (await connection.next())["type"] == "ready"
+            async with httpx.AsyncClient() as http:
+                for total in ("1.00", "2.00", "3.00"):
+                    body = dumps({"trade": trade(status="completed", total=total, user_id="xp-2")})
+                    sent = await http.post(f"http://{both}/webhooks/assetpay", content=body, headers=signed(body))
+                    assert sent.status_code == 200, sent.text
+            for connection in connections:
+                assert [(await connection.next())["id"] for _ in range(6)] == [1, 2, 3, 4, 5, 6]
+                assert await connection.nothing_within(0.2)
+        finally:
+            for s in sockets:
+                await s.__aexit__(None, None, None)
