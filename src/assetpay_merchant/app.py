@@ -23,7 +23,7 @@ from assetpay_merchant.gateway import AssetPayClient, create_http_client
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
-from assetpay_merchant.services.live import Hub
+from assetpay_merchant.services.live import Hub, purge_periodically
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.notifications import Listener
 
@@ -149,6 +149,9 @@ def create_app(
             settings.listen_database_url or database_url, on_notify=hub.notify, on_connected=hub.catch_up
         )
         listener.start()
+        purge = asyncio.create_task(
+            purge_periodically(database, retention=timedelta(hours=settings.event_retention_hours)), name="purge"
+        )
         app.state.resources = Resources(
             settings=web_settings(settings),
             database=database,
@@ -166,6 +169,8 @@ def create_app(
                 log.info("ready" if lifespan_extension is None else "ready (development)")
                 yield
         finally:
+            purge.cancel()
+            await asyncio.gather(purge, return_exceptions=True)
             await listener.stop()
             await hub.close()
             await http.aclose()

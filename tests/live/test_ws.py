@@ -4,12 +4,13 @@ ping/pong, resume with `since` (in order, none twice), resync when the past is g
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
 from websockets.exceptions import ConnectionClosed
 
-from assetpay_merchant.services.live import Hub
+from assetpay_merchant.services.live import Hub, purge_periodically
 from assetpay_merchant.store import events
 from assetpay_merchant.store.database import Database
 from tests.live.conftest import live
@@ -161,3 +162,22 @@ async def test_a_socket_that_falls_behind_is_told_to_resync_and_closed_4408(clie
             messages.append(message["type"])
         assert messages == ["trade.updated"]  # what fitted in its queue
         assert await closed_with(connection, 4408)
+
+
+async def test_events_past_the_retention_are_purged_and_the_rest_kept(client, engine):
+    await register_user(client, "ws-old")
+    for total in ("1.00", "2.00"):
+        await deliver_trade(client, trade(status="completed", total=total, user_id="ws-old"))
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE events SET created_at = now() - interval '3 days' WHERE id <= 2"))
+    task = asyncio.create_task(purge_periodically(Database(engine), retention=timedelta(hours=48), interval=60))
+    try:
+        for _ in range(100):
+            async with Database(engine).statements() as db:
+                kept = [e.id for e in await events.since(db, "ws-old", 0)]
+            if kept == [3, 4]:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+    assert kept == [3, 4]

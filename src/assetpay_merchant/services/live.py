@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from assetpay_merchant.core.errors import TooManyRequests
 from assetpay_merchant.observability import LIVE_CLIENTS
@@ -116,3 +117,16 @@ class Hub:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+async def purge_periodically(database: Database, *, retention: timedelta, interval: float = 600.0) -> None:
+    """Forget events older than `retention` every `interval` seconds (a failed purge waits for the next turn)."""
+    while True:
+        try:
+            async with database.unit_of_work() as uow:
+                purged = await events.purge(uow.db, older_than=datetime.now(UTC) - retention)
+            if purged:
+                log.info("purged %d live events older than %s", purged, retention)
+        except Exception:
+            log.exception("purging old live events failed; trying again later")
+        await asyncio.sleep(interval)
