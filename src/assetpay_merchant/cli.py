@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.config import ConfigurationError, Settings
-from assetpay_merchant.observability import configure_logging
+from assetpay_merchant.observability import configure_logging, shared_metrics
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.ledger import check
@@ -43,13 +43,14 @@ def serve(app_factory: str, *, host: str, port: int, workers: int, log_level: st
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     settings.require_safe()  # fail here, once, naming the variable, rather than in every worker
-    serve(
-        "assetpay_merchant.app:create_app",
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level,
-    )
+    with shared_metrics(args.workers):
+        serve(
+            "assetpay_merchant.app:create_app",
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level,
+        )
     return 0
 
 

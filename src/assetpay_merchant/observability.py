@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 WEBHOOK_DELIVERIES = Counter(
     "assetpay_webhook_deliveries_total", "AssetPay callbacks received, by kind and outcome", ["kind", "outcome"]
@@ -18,7 +31,7 @@ WEBHOOK_SECONDS = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 LEDGER_POSTINGS = Counter("ledger_postings_total", "Ledger entries posted, by kind", ["kind"])
-LIVE_CLIENTS = Gauge("live_clients", "WebSocket clients connected to this process")
+LIVE_CLIENTS = Gauge("live_clients", "WebSocket clients connected", multiprocess_mode="livesum")
 LIVE_EVENTS_SENT = Counter("live_events_sent_total", "Live events sent to WebSocket clients, by type", ["type"])
 LIVE_RESYNCS = Counter("live_resyncs_total", "WebSocket clients told to resync, by reason", ["reason"])
 SETTLEMENTS = Counter(
@@ -74,3 +87,32 @@ def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     # pgserver narrates every command it runs at INFO; its warnings still come through.
     logging.getLogger("pgserver").setLevel(max(logging.WARNING, root.level))
+
+
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@contextmanager
+def shared_metrics(processes: int) -> Iterator[None]:
+    """Several worker processes: they keep their metrics in files of one fresh directory, so a scrape of any of
+    them reports the sum over all. Set up before the workers start (prometheus-client reads it at import)."""
+    if processes <= 1 or os.environ.get(MULTIPROCESS_DIR):
+        yield
+        return
+    directory = tempfile.mkdtemp(prefix="assetpay-metrics-")
+    os.environ[MULTIPROCESS_DIR] = directory
+    try:
+        yield
+    finally:
+        del os.environ[MULTIPROCESS_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def exposition() -> bytes:
+    """The metrics in Prometheus' text format: this process's, or every worker's when they share them."""
+    if not os.environ.get(MULTIPROCESS_DIR):
+        return generate_latest()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return generate_latest(registry)

@@ -46,3 +46,26 @@ async def test_clients_of_two_workers_hear_callbacks_landing_on_either(client, d
         finally:
             for s in sockets:
                 await s.__aexit__(None, None, None)
+
+
+def _created(metrics_text: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith('assetpay_webhook_deliveries_total{kind="trade",outcome="created"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_of_two_workers_add_up_whichever_answers_the_scrape(client, database_url, tmp_path: Path):
+    await register_user(client, "xp-3")
+    with serve_process(database_url, tmp_path, workers=2) as both:
+        async with httpx.AsyncClient(base_url=f"http://{both}") as http:
+            for _ in range(10):  # new connections: the kernel spreads them over both workers
+                body = dumps({"trade": trade(status="completed", total="1.00", user_id="xp-3")})
+                async with httpx.AsyncClient(base_url=f"http://{both}") as fresh:
+                    assert (await fresh.post("/webhooks/assetpay", content=body, headers=signed(body))).is_success
+            scrapes = []
+            for _ in range(6):
+                async with httpx.AsyncClient(base_url=f"http://{both}") as fresh:
+                    scrapes.append(_created((await fresh.get("/metrics")).text))
+            assert (await http.get("/healthz")).is_success
+    assert scrapes == [10.0] * 6

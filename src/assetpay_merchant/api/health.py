@@ -6,12 +6,12 @@ import logging
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from assetpay_merchant.api.deps import ResourcesDep
 from assetpay_merchant.api.schemas import error
+from assetpay_merchant.observability import METRICS_CONTENT_TYPE, exposition
 from assetpay_merchant.store.migrations import head_revision
 
 log = logging.getLogger(__name__)
@@ -47,4 +47,4 @@ def _not_ready(key: str, message: str) -> JSONResponse:
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=METRICS_CONTENT_TYPE)
