@@ -25,7 +25,7 @@ COMMIT;
 \set d :d + 1
 \set dkey :client_id * 1000000000 + :d
 \if :phase = 0
--- hold: the first we hear of the trade (9 round trips)
+-- hold: the first we hear of the trade (10 round trips)
 \set t :t + 1
 \set tkey :client_id * 1000000000 + :t
 \set uid random(1, :users)
@@ -66,11 +66,27 @@ SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;
+WITH seq AS (
+    UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
+    RETURNING last_event_id, available
+), pending AS (
+    SELECT coalesce(sum(total_price - posted), 0) AS amount FROM trades
+    WHERE user_id = 'bench-user-' || :uid AND type = 'deposit' AND status = ANY('{initiated,pending,active,hold}'::text[])
+), fresh (n, type, data) AS (
+    SELECT 1, 'trade.updated', :trade_view::text::jsonb WHERE :trade_view::text IS NOT NULL
+    UNION ALL
+    SELECT 2, 'balance.updated',
+           jsonb_build_object('available', money_text(seq.available), 'pending', money_text(pending.amount))
+    FROM seq, pending WHERE true
+)
+INSERT INTO events (user_id, id, type, data)
+SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
+RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
 UPDATE webhook_deliveries SET outcome = 'created', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \else
 -- completed (credit the rest) or reverted (take the pre-credit back) for the trade this client put in hold
--- (7 round trips)
+-- (8 round trips)
 \set phase 0
 \if random(1, 100) <= :revert_pct
 \set minus_pre 0 - :pre
@@ -97,6 +113,22 @@ SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;
+WITH seq AS (
+    UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
+    RETURNING last_event_id, available
+), pending AS (
+    SELECT coalesce(sum(total_price - posted), 0) AS amount FROM trades
+    WHERE user_id = 'bench-user-' || :uid AND type = 'deposit' AND status = ANY('{initiated,pending,active,hold}'::text[])
+), fresh (n, type, data) AS (
+    SELECT 1, 'trade.updated', :trade_view::text::jsonb WHERE :trade_view::text IS NOT NULL
+    UNION ALL
+    SELECT 2, 'balance.updated',
+           jsonb_build_object('available', money_text(seq.available), 'pending', money_text(pending.amount))
+    FROM seq, pending WHERE true
+)
+INSERT INTO events (user_id, id, type, data)
+SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
+RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
 UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \else
@@ -123,6 +155,22 @@ SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_
     error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
 WHERE id = :tr_id
 RETURNING updated_at;
+WITH seq AS (
+    UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
+    RETURNING last_event_id, available
+), pending AS (
+    SELECT coalesce(sum(total_price - posted), 0) AS amount FROM trades
+    WHERE user_id = 'bench-user-' || :uid AND type = 'deposit' AND status = ANY('{initiated,pending,active,hold}'::text[])
+), fresh (n, type, data) AS (
+    SELECT 1, 'trade.updated', :trade_view::text::jsonb WHERE :trade_view::text IS NOT NULL
+    UNION ALL
+    SELECT 2, 'balance.updated',
+           jsonb_build_object('available', money_text(seq.available), 'pending', money_text(pending.amount))
+    FROM seq, pending WHERE true
+)
+INSERT INTO events (user_id, id, type, data)
+SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
+RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
 UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \endif

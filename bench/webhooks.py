@@ -94,6 +94,7 @@ SQL_MODULES = (
     "assetpay_merchant.store.deliveries",
     "assetpay_merchant.store.trades",
     "assetpay_merchant.store.ledger",
+    "assetpay_merchant.store.events",
 )
 MIRRORED_SQL = {
     "assetpay_merchant.store.deliveries._RECORD": "462620d33f9c",
@@ -103,6 +104,7 @@ MIRRORED_SQL = {
     "assetpay_merchant.store.trades._INSERT": "b29e27269a64",
     "assetpay_merchant.store.trades._SAVE": "dd4a2717a2af",
     "assetpay_merchant.store.ledger._POST": "c5db7073ba3f",
+    "assetpay_merchant.store.events._APPEND": "f2cd3b688342",
 }
 OTHER_SQL = {
     "assetpay_merchant.store.trades.SELECT_TRADE",
@@ -110,9 +112,14 @@ OTHER_SQL = {
     "assetpay_merchant.store.trades._LOCK_BY_ID",
     "assetpay_merchant.store.trades._ORPHANS",
     "assetpay_merchant.store.trades._FLAG_BY_ASSETPAY_ID",
+    "assetpay_merchant.store.trades._QUIET_IN_FLIGHT",
     "assetpay_merchant.store.ledger.SELECT_TRADE",
     "assetpay_merchant.store.ledger._BALANCES_OFF",
     "assetpay_merchant.store.ledger._TRADES_WITH_ENTRIES",
+    "assetpay_merchant.store.events._SINCE",
+    "assetpay_merchant.store.events._HAS",
+    "assetpay_merchant.store.events._LAST",
+    "assetpay_merchant.store.events._PURGE",
 }
 SQL_PATTERN = re.compile(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", re.IGNORECASE)
 
@@ -672,6 +679,26 @@ def _sample() -> tuple[bytes, str]:
 
 
 SAMPLE_BODY, SAMPLE_ITEMS = _sample()  # pgbench's -D raw_body / -D items
+# The trade as `trade.updated` carries it (services/views.py), for pgbench's -D trade_view: same size, same shape.
+SAMPLE_VIEW = json.dumps(
+    {
+        "id": str(uuid.UUID(int=1)),
+        "assetpayId": str(uuid.UUID(int=2)),
+        "externalId": "bench-dep-0",
+        "type": "deposit",
+        "status": "hold",
+        "game": "730",
+        "items": json.loads(SAMPLE_ITEMS),
+        "totalPrice": "1019.89",
+        "preCredit": "611.93",
+        "pendingCredit": "407.96",
+        "credited": "611.93",
+        "error": None,
+        "holdEndDate": "2026-12-09T01:19:30.855000Z",
+        "createdAt": "2026-12-02T01:19:30.855000Z",
+        "updatedAt": "2026-12-02T01:19:30.855000Z",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -947,6 +974,7 @@ def pgbench_command(
         "tkey": 0,
         "raw_body": SAMPLE_BODY.decode(),
         "items": SAMPLE_ITEMS,
+        "trade_view": SAMPLE_VIEW,
     }
     for name, value in defines.items():
         command += ["-D", f"{name}={value}"]
