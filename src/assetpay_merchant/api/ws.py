@@ -8,8 +8,9 @@
     client    {"type": "ping"}  →  {"type": "pong", "id": null, "data": {}}
 
 Close codes: 4401 bad, missing or expired token (nothing else is sent); 4400 a `since` that is not a number;
-4408 the client fell behind (after `resync`); 4429 too many connections for this user. The server also sends
-WebSocket ping frames (uvicorn's, every 20 s), so a dead peer is noticed.
+4408 the client fell behind (after `resync`); 4429 too many connections for this user; 1013 the database is
+unavailable (reconnect shortly). The server also sends WebSocket ping frames (uvicorn's, every 20 s), so a dead
+peer is noticed.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.websockets import WebSocketState
 
 from assetpay_merchant.api.deps import Resources
-from assetpay_merchant.core.errors import TooManyRequests, Unauthorized
+from assetpay_merchant.core.errors import DatabaseUnavailable, TooManyRequests, Unauthorized
 from assetpay_merchant.observability import LIVE_EVENTS_SENT, LIVE_RESYNCS
 from assetpay_merchant.services.live import Subscription
 from assetpay_merchant.store import events
@@ -37,6 +38,7 @@ BAD_TOKEN = 4401
 BAD_REQUEST = 4400
 FELL_BEHIND = 4408
 TOO_MANY = 4429
+TRY_AGAIN_LATER = 1013
 
 
 def message(kind: str, event_id: int | None = None, data: dict[str, Any] | None = None) -> str:
@@ -55,11 +57,15 @@ async def live(websocket: WebSocket) -> None:
     if raw_since is not None and not raw_since.isdigit():
         await websocket.close(BAD_REQUEST, "since must be the id of the last event you saw")
         return
-    async with resources.database.statements() as db:
-        last = await events.last_id(db, user_id)
-        since = int(raw_since) if raw_since is not None else last
-        # Replay is possible when nothing in between has been purged (ids have no gaps).
-        replayable = since == last or (since < last and await events.retained(db, user_id, since + 1))
+    try:
+        async with resources.database.statements() as db:
+            last = await events.last_id(db, user_id)
+            since = int(raw_since) if raw_since is not None else last
+            # Replay is possible when nothing in between has been purged (ids have no gaps).
+            replayable = since == last or (since < last and await events.retained(db, user_id, since + 1))
+    except DatabaseUnavailable:
+        await websocket.close(TRY_AGAIN_LATER, "the database is unavailable; reconnect shortly")
+        return
     try:
         subscription = resources.hub.subscribe(user_id, after=since if replayable else last)
     except TooManyRequests as refused:
