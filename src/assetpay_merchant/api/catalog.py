@@ -10,9 +10,10 @@ from pydantic import BaseModel, Field
 
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
 from assetpay_merchant.api.deps import ResourcesDep
-from assetpay_merchant.api.schemas import UPSTREAM, Money, MoneyQuery
+from assetpay_merchant.api.schemas import UPSTREAM, MoneyQuery
 from assetpay_merchant.core.vocabulary import GameId, MarketSort
 from assetpay_merchant.services.catalog import InventoryQuery, MarketQuery
+from assetpay_merchant.services.views import Money
 
 router = APIRouter(prefix="/v1", tags=["catalog"], responses={401: UNAUTHORIZED})
 

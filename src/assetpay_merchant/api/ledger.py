@@ -14,10 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
 from assetpay_merchant.api.deps import ResourcesDep, SessionDep
 from assetpay_merchant.api.pagination import Cursor, Limit, decode_cursor, encode_cursor
-from assetpay_merchant.api.schemas import DATABASE, Money, error
+from assetpay_merchant.api.schemas import DATABASE, error
 from assetpay_merchant.core.errors import ValidationFailed
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.core.policy import IN_FLIGHT, TradeType
+from assetpay_merchant.services.views import Money
 from assetpay_merchant.store.tables import Balance, LedgerEntry, Trade
 
 router = APIRouter(prefix="/v1", tags=["balance"], responses={401: UNAUTHORIZED, 503: DATABASE})

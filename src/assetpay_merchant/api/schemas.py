@@ -6,21 +6,12 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic.json_schema import SkipJsonSchema
 
 from assetpay_merchant.api.routing import MAX_DEPTH, MAX_EXPONENT, MAX_NUMBER_LENGTH
-from assetpay_merchant.core.money import MONEY_PRECISION, MONEY_SCALE, format_money
+from assetpay_merchant.core.money import MONEY_PRECISION, MONEY_SCALE
 from assetpay_merchant.core.vocabulary import MAX_WITHDRAW_PRICE
-
-
-def _serialise(amount: Any) -> str:
-    return format_money(Decimal(amount))
-
-
-Money = Annotated[Decimal, PlainSerializer(_serialise, return_type=str, when_used="always")]
-"""A Decimal that pydantic renders as a decimal string in every JSON answer."""
-
 
 # -- money in requests --------------------------------------------------------------------------------------------
 #

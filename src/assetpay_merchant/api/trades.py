@@ -23,7 +23,6 @@ from assetpay_merchant.api.schemas import (
     NO_BODY,
     UPSTREAM,
     VALIDATION,
-    Money,
     MoneyIn,
     Responses,
     WithdrawPriceIn,
@@ -44,51 +43,17 @@ from assetpay_merchant.core.vocabulary import (
 from assetpay_merchant.gateway import DepositItem, WithdrawItem
 from assetpay_merchant.services import trading
 from assetpay_merchant.services.trading import Started
+from assetpay_merchant.services.views import TradeView
 from assetpay_merchant.store import idempotency
 from assetpay_merchant.store.tables import Trade
-from assetpay_merchant.store.trades import TradeRow
 
 router = APIRouter(
     prefix="/v1", tags=["trades"], route_class=ExactJSONRoute, responses={401: UNAUTHORIZED, 503: DATABASE}
 )
 
 
-class TradeOut(BaseModel):
-    id: uuid.UUID = Field(description="Our id for the trade")
-    assetpayId: str | None = Field(description="AssetPay's id (null until AssetPay has answered)")
-    externalId: str | None
-    type: TradeType
-    status: Status
-    game: str
-    items: list[dict[str, Any]]
-    totalPrice: Money
-    preCredit: Money
-    pendingCredit: Money
-    credited: Money = Field(description="What this trade has moved on the user's balance so far (negative: charged)")
-    error: str | None
-    holdEndDate: datetime | None
-    createdAt: datetime
-    updatedAt: datetime
-
-    @classmethod
-    def of(cls, trade: Trade | TradeRow) -> TradeOut:
-        return cls(
-            id=trade.id,
-            assetpayId=trade.assetpay_id,
-            externalId=trade.external_id,
-            type=TradeType(trade.type),
-            status=Status(trade.status),
-            game=trade.game,
-            items=trade.items,
-            totalPrice=trade.total_price,
-            preCredit=trade.pre_credit,
-            pendingCredit=trade.pending_credit,
-            credited=trade.posted,
-            error=trade.error,
-            holdEndDate=trade.hold_end_date,
-            createdAt=trade.created_at,
-            updatedAt=trade.updated_at,
-        )
+TradeOut = TradeView
+"""A trade as the routes return it (the same shape `trade.updated` carries)."""
 
 
 class TradePage(BaseModel):
