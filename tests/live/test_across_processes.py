@@ -3,13 +3,15 @@ clients of another (PostgreSQL LISTEN/NOTIFY, no broker), and `serve --workers 2
 
 from __future__ import annotations
 
+import asyncio
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 
 from tests.live.conftest import live
 from tests.processes import serve_process
-from tests.support import dumps, register_user, signed, trade
+from tests.support import balance, dumps, ledger_problems, register_user, signed, trade
 
 
 async def test_a_callback_applied_by_another_process_reaches_this_ones_client(client, served, database_url, tmp_path):
@@ -69,3 +71,32 @@ async def test_metrics_of_two_workers_add_up_whichever_answers_the_scrape(client
                     scrapes.append(_created((await fresh.get("/metrics")).text))
             assert (await http.get("/healthz")).is_success
     assert scrapes == [10.0] * 6
+
+
+async def test_approvals_for_one_user_raced_across_two_processes_never_overdraw(
+    client, served, engine, database_url, tmp_path: Path
+):
+    """20 withdrawals of 10.00 asking for approval at once, half to each process, against a balance of 75.00:
+    exactly seven are approved and debited, whichever process answers."""
+    await register_user(client, "xp-4")
+    funding = dumps({"trade": trade(status="completed", total="75.00", user_id="xp-4")})
+    assert (await client.post("/webhooks/assetpay", content=funding, headers=signed(funding))).is_success
+    with serve_process(database_url, tmp_path) as other:
+        asks = [
+            dumps({"trade": trade(type="withdraw", status="initiated", total="10.00", user_id="xp-4")})
+            for _ in range(20)
+        ]
+
+        async def ask(http: httpx.AsyncClient, body: bytes) -> str:
+            answer = await http.post("/webhooks/assetpay", content=body, headers=signed(body))
+            assert answer.status_code == 200, answer.text
+            return str(answer.json()["action"])
+
+        async with (
+            httpx.AsyncClient(base_url=f"http://{served}") as here,
+            httpx.AsyncClient(base_url=f"http://{other}") as there,
+        ):
+            verdicts = await asyncio.gather(*(ask(here if n % 2 else there, body) for n, body in enumerate(asks)))
+    assert verdicts.count("approve") == 7
+    assert await balance(client, "xp-4") == Decimal("5.00")
+    assert await ledger_problems(engine) == []
