@@ -93,8 +93,8 @@ async def test_approvals_for_one_user_raced_across_two_processes_never_overdraw(
             return str(answer.json()["action"])
 
         async with (
-            httpx.AsyncClient(base_url=f"http://{served}") as here,
-            httpx.AsyncClient(base_url=f"http://{other}") as there,
+            httpx.AsyncClient(base_url=f"http://{served}", timeout=30) as here,
+            httpx.AsyncClient(base_url=f"http://{other}", timeout=30) as there,
         ):
             verdicts = await asyncio.gather(*(ask(here if n % 2 else there, body) for n, body in enumerate(asks)))
     assert verdicts.count("approve") == 7
