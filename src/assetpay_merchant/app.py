@@ -20,9 +20,11 @@ from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
+from assetpay_merchant.gateway.feed import RealtimeFeed
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
+from assetpay_merchant.services.feed import FeedConsumer, TradeNudges
 from assetpay_merchant.services.live import Hub, purge_periodically
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.notifications import Listener
@@ -116,6 +118,42 @@ async def reconciling(settings: Settings, database: Database, assetpay: AssetPay
             await job
 
 
+@asynccontextmanager
+async def feeding(
+    app: FastAPI, settings: Settings, database: Database, assetpay: AssetPayClient, catalog: Catalog
+) -> AsyncIterator[None]:
+    """AssetPay's realtime feed while ASSETPAY_FEED is on (`app.state.feed`, else None), stopped on the way out."""
+    app.state.feed = None
+    if not settings.assetpay_feed:
+        yield
+        return
+    api_key = settings.assetpay_api_key
+    if api_key is None or not api_key.get_secret_value().strip():
+        raise ConfigurationError("ASSETPAY_FEED needs ASSETPAY_API_KEY")
+    nudges = TradeNudges(
+        database,
+        assetpay,
+        delay=settings.assetpay_feed_nudge_delay_seconds,
+        concurrency=settings.assetpay_feed_nudge_concurrency,
+    )
+    feed = RealtimeFeed(
+        settings.assetpay_feed_url or settings.assetpay_base_url,
+        api_key,
+        FeedConsumer(catalog, nudges),
+        reconnect_delay=settings.assetpay_feed_reconnect_seconds,
+        max_reconnect_delay=max(settings.assetpay_feed_reconnect_max_seconds, settings.assetpay_feed_reconnect_seconds),
+        connect_timeout=settings.assetpay_feed_connect_timeout_seconds,
+    )
+    nudges.start()
+    feed.start()
+    app.state.feed = feed
+    try:
+        yield
+    finally:
+        await feed.stop()
+        await nudges.stop()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -137,6 +175,7 @@ def create_app(
         database = Database(
             create_engine(
                 database_url,
+                transaction_pooling=settings.database_pooler == "pgbouncer",
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
@@ -152,11 +191,12 @@ def create_app(
         purge = asyncio.create_task(
             purge_periodically(database, retention=timedelta(hours=settings.event_retention_hours)), name="purge"
         )
+        catalog = Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds))
         app.state.resources = Resources(
             settings=web_settings(settings),
             database=database,
             assetpay=assetpay,
-            catalog=Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds)),
+            catalog=catalog,
             hub=hub,
             verify_user_token=verify_user_token,
         )
@@ -166,6 +206,7 @@ def create_app(
                     await stack.enter_async_context(lifespan_extension(app))
                 # Started once everything else is up, stopped before anything else goes down.
                 await stack.enter_async_context(reconciling(settings, database, assetpay))
+                await stack.enter_async_context(feeding(app, settings, database, assetpay, catalog))
                 log.info("ready" if lifespan_extension is None else "ready (development)")
                 yield
         finally:

@@ -8,9 +8,9 @@ Development defaults do not live here at all: `assetpay-merchant dev` brings its
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PRODUCTION_ASSETPAY_URL = "https://api.assetpay.gg"
@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     listen_database_url: str | None = None
     """Where the live-event listener connects (LISTEN needs a session: past PgBouncer, straight to PostgreSQL);
     unset: DATABASE_URL."""
+    database_pooler: Literal["none", "pgbouncer"] = "none"
+    """`pgbouncer`: DATABASE_URL goes through PgBouncer in transaction mode, so no prepared statement may outlive
+    its transaction (statements are unnamed and never cached; see `store.database.create_engine`), and
+    LISTEN_DATABASE_URL must reach PostgreSQL directly. `none`: PostgreSQL directly (or a session-mode pooler)."""
+
+    @field_validator("database_pooler")
+    @classmethod
+    def _listener_needs_a_session(cls, pooler: str, info: ValidationInfo) -> str:
+        if pooler != "none" and not info.data.get("listen_database_url"):
+            raise ValueError(
+                f"LISTEN_DATABASE_URL must be set, straight to PostgreSQL, when DATABASE_POOLER is {pooler} "
+                "(LISTEN needs a session of its own, which transaction pooling does not keep)"
+            )
+        return pooler
 
     assetpay_base_url: str = PRODUCTION_ASSETPAY_URL
     assetpay_api_key: SecretStr | None = None
@@ -72,6 +86,20 @@ class Settings(BaseSettings):
     assetpay_read_timeout_seconds: float = Field(default=30.0, gt=0)
     assetpay_max_connections: int = Field(default=50, ge=1)
     market_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+
+    assetpay_feed: bool = False
+    """Connect to AssetPay's realtime feed (Socket.IO): market events keep the market cache fresh, trade events have
+    the trade looked up and applied."""
+    assetpay_feed_url: str | None = None
+    """Where the feed is; unset: ASSETPAY_BASE_URL (the feed is at the API host)."""
+    assetpay_feed_reconnect_seconds: float = Field(default=30.0, gt=0)
+    """Wait before reconnecting; doubled after each failed attempt, up to ASSETPAY_FEED_RECONNECT_MAX_SECONDS."""
+    assetpay_feed_reconnect_max_seconds: float = Field(default=300.0, gt=0)
+    assetpay_feed_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    assetpay_feed_nudge_delay_seconds: float = Field(default=0.5, ge=0)
+    """How long a trade lookup waits for more trade events to join it."""
+    assetpay_feed_nudge_concurrency: int = Field(default=2, ge=1)
+    """At most this many trade lookups for the feed at once."""
 
     reconcile_interval_seconds: float = Field(default=60.0, ge=0)
     """How often `serve` runs a reconciliation pass (0: never; `assetpay-merchant reconcile` still can)."""
@@ -101,6 +129,7 @@ class Settings(BaseSettings):
         "assetpay_api_secret",
         "assetpay_api_secret_previous",
         "assetpay_merchant_id",
+        "assetpay_feed_url",
         "auth_jwt_secret",
         "auth_jwt_public_key",
         "auth_jwt_audience",

@@ -61,6 +61,35 @@ RECONCILIATION_FAILURES = Counter(
     ["reason"],
 )
 
+FEED_CONNECTED = Gauge(
+    "assetpay_feed_connected",
+    "1 while this process's connection to AssetPay's realtime feed is up (summed over the workers)",
+    multiprocess_mode="livesum",
+)
+FEED_CONNECTIONS = Counter(
+    "assetpay_feed_connections_total",
+    "Connection attempts to AssetPay's realtime feed, by outcome (connected; failed; refused: closed right after "
+    "opening without a word, how a bad API key shows)",
+    ["outcome"],
+)
+FEED_EVENTS = Counter(
+    "assetpay_feed_events_total",
+    "Events received from AssetPay's realtime feed, by type (market.upsert, market.patch, market.remove, "
+    "market.sync, trade, deposit, withdrawal, other, invalid)",
+    ["type"],
+)
+FEED_NUDGES = Counter(
+    "assetpay_feed_nudges_total",
+    "Trades the realtime feed named, by result (applied: looked up and applied through settlement; missing: "
+    "AssetPay did not know it; lookup_error, invalid, apply_error: nothing applied; dropped: too many waiting)",
+    ["result"],
+)
+MARKET_CACHE_FEED_UPDATES = Counter(
+    "market_cache_feed_updates_total",
+    "Cached market pages changed because of the realtime feed, by action (patched in place, dropped)",
+    ["action"],
+)
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, for log shippers."""

@@ -70,10 +70,22 @@ def async_url(url: str | URL) -> URL:
     return parsed.set(drivername="postgresql+asyncpg")
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+def create_engine(url: str | URL, *, transaction_pooling: bool = False, **kwargs: Any) -> AsyncEngine:
     """An asyncpg engine whose pool never lends a connection known or likely to be dead (see `_Liveness`);
-    `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`)."""
-    connect_args = {"timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
+    `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`).
+
+    `transaction_pooling`: the connections go through a pooler in transaction mode (PgBouncer before 1.21, or
+    without `max_prepared_statements`): each transaction of a client connection may run on another server session,
+    where the named prepared statements of the last one do not exist. Then nothing is cached, by asyncpg
+    (`statement_cache_size=0`) or by SQLAlchemy's dialect (`prepared_statement_cache_size=0`), and every statement
+    is the unnamed one: with its cache off, asyncpg names no statement (SQLAlchemy's `prepare()` included); it
+    describes one without ending the exchange (Flush, not Sync, so the pooler keeps the server session) and parses
+    it again with its execution, so a statement outside a transaction works too. The cost: every execution parses
+    and describes its statement, one more round trip."""
+    connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
+    if transaction_pooling:
+        connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    connect_args |= kwargs.pop("connect_args", {})
     engine = create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
     _liveness(engine)
     return engine
