@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -20,11 +21,9 @@ from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
-from assetpay_merchant.gateway.feed import RealtimeFeed
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
-from assetpay_merchant.services.feed import FeedConsumer, TradeNudges
 from assetpay_merchant.services.live import Hub, purge_periodically
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.notifications import Listener
@@ -130,6 +129,10 @@ async def feeding(
     api_key = settings.assetpay_api_key
     if api_key is None or not api_key.get_secret_value().strip():
         raise ConfigurationError("ASSETPAY_FEED needs ASSETPAY_API_KEY")
+    # Imported only when on: the Socket.IO client (aiohttp included) costs every process ~15 MB.
+    from assetpay_merchant.gateway.feed_client import RealtimeFeed
+    from assetpay_merchant.services.feed import FeedConsumer, TradeNudges
+
     nudges = TradeNudges(
         database,
         assetpay,
@@ -208,6 +211,10 @@ def create_app(
                 await stack.enter_async_context(reconciling(settings, database, assetpay))
                 await stack.enter_async_context(feeding(app, settings, database, assetpay, catalog))
                 log.info("ready" if lifespan_extension is None else "ready (development)")
+                # What start-up built lives as long as the process: keep it out of every full garbage collection
+                # (measured: 240-470 ms pauses over ~300,000 objects with 500 live clients, stalling callbacks).
+                gc.collect()
+                gc.freeze()
                 yield
         finally:
             purge.cancel()

@@ -18,7 +18,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from assetpay_merchant.api.deps import Resources
-from assetpay_merchant.gateway.feed import RealtimeFeed
+from assetpay_merchant.gateway.feed_client import RealtimeFeed
 from assetpay_merchant.services.feed import FeedConsumer, TradeNudges
 from tests.assetpay_respx import API_KEY, AssetPay, mocked_assetpay
 from tests.live.conftest import free_port

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.app import create_app
 from assetpay_merchant.config import Settings
-from assetpay_merchant.gateway.feed import RealtimeFeed, feed_url
+from assetpay_merchant.gateway.feed_client import RealtimeFeed, feed_url
 from assetpay_merchant.services.feed import FeedConsumer
 from tests.assetpay_respx import API_KEY, AssetPay, register
 from tests.feed.conftest import FeedServer, Wired, eventually, serve_feed, wire

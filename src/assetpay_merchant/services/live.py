@@ -24,6 +24,7 @@ from assetpay_merchant.store.events import Event
 log = logging.getLogger(__name__)
 
 BATCH = 500
+RETRY_MAX_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -90,12 +91,18 @@ class Hub:
             self.kick(user_id)
 
     async def _deliver(self, user_id: str) -> None:
+        failures = 0
         try:
             while user_id in self._pending:
                 self._pending.discard(user_id)
-                await self._read_and_hand_out(user_id)
-        except Exception:
-            log.exception("delivering live events to %s failed; they will be replayed on the next event", user_id)
+                try:
+                    await self._read_and_hand_out(user_id)
+                    failures = 0
+                except Exception as error:  # e.g. the pool or the database is briefly unavailable: try again
+                    failures += 1
+                    self._pending.add(user_id)
+                    log.warning("reading live events of %s failed (%s); retrying", user_id, type(error).__name__)
+                    await asyncio.sleep(min(RETRY_MAX_SECONDS, 0.05 * 2**failures))
         finally:
             del self._running[user_id]
 
