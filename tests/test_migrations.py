@@ -19,6 +19,7 @@ from sqlalchemy.pool import NullPool
 
 from assetpay_merchant.store import migrations as migrate
 from assetpay_merchant.store.database import create_engine
+from assetpay_merchant.store.schema_version import HEAD_REVISION
 from assetpay_merchant.store.tables import Base
 from tests.conftest import ScratchDatabases
 
@@ -192,3 +193,8 @@ async def test_a_rejection_must_carry_a_reason(migrated: AsyncEngine) -> None:
             await connection.execute(
                 text("INSERT INTO approval_verdicts (subject, subject_id, verdict) VALUES ('trade', 'x', 'reject')")
             )
+
+
+def test_the_code_expects_the_newest_migration() -> None:
+    """`/readyz` compares the database with this constant: it must name Alembic's head."""
+    assert migrate.head_revision() == HEAD_REVISION

@@ -111,6 +111,8 @@ class Settings(BaseSettings):
     """At most this many trades per pass (the longest-quiet first)."""
 
     ws_max_connections_per_user: int = Field(default=5, ge=1)
+    ws_compression: bool = False
+    """permessage-deflate on WebSocket connections (costs ~38 kB of memory per client; events are small)."""
     ws_queue_size: int = Field(default=256, ge=1)
     """Events waiting for one WebSocket client; a client further behind is told to resync and dropped."""
     event_retention_hours: float = Field(default=48.0, ge=24)

@@ -12,7 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from assetpay_merchant.api.deps import ResourcesDep
 from assetpay_merchant.api.schemas import error
 from assetpay_merchant.observability import METRICS_CONTENT_TYPE, exposition
-from assetpay_merchant.store.migrations import head_revision
+from assetpay_merchant.store.schema_version import HEAD_REVISION
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -29,7 +29,7 @@ async def healthz() -> dict[str, str]:
     responses={503: error("DATABASE_UNAVAILABLE or MIGRATIONS_PENDING: not ready to serve")},
 )
 async def readyz(resources: ResourcesDep) -> JSONResponse:
-    expected = head_revision()
+    expected = HEAD_REVISION
     try:
         async with resources.database.engine.connect() as connection:
             current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
