@@ -14,7 +14,6 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
-from pydantic import SecretStr
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,7 +26,7 @@ from assetpay_merchant.store.database import create_engine
 from assetpay_merchant.store.embedded import EmbeddedPostgres
 from assetpay_merchant.store.migrations import upgrade_async
 from assetpay_merchant.store.tables import Base
-from tests.support import ADMIN_KEY, JWT_SECRET, PREVIOUS_WEBHOOK_SECRET, WEBHOOK_SECRET
+from tests.support import app_settings
 
 
 class ScratchDatabases:
@@ -92,19 +91,7 @@ async def database_url(scratch: ScratchDatabases) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=database_url,
-        auth_jwt_secret=SecretStr(JWT_SECRET),
-        admin_api_key=SecretStr(ADMIN_KEY),
-        assetpay_api_key=SecretStr("ap_test_key"),
-        assetpay_api_secret=SecretStr(WEBHOOK_SECRET.decode()),
-        assetpay_api_secret_previous=SecretStr(PREVIOUS_WEBHOOK_SECRET.decode()),
-        assetpay_base_url="https://assetpay.test",
-        db_pool_size=30,
-        db_max_overflow=120,
-        reconcile_interval_seconds=0,  # no background pass in the shared app: tests/reconciliation runs its own
-    )
+    return app_settings(database_url)
 
 
 @pytest.fixture(scope="session")

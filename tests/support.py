@@ -12,8 +12,10 @@ from typing import Any
 import httpx
 import jwt
 import simplejson
+from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from assetpay_merchant.config import Settings
 from assetpay_merchant.gateway.signature import signature_header
 from assetpay_merchant.store.database import Database
 from assetpay_merchant.store.ledger import Discrepancy, check
@@ -148,3 +150,20 @@ async def ledger_problems(engine: AsyncEngine) -> list[Discrepancy]:
     """What the ops check (`assetpay-merchant ledger check`) finds wrong with the books, on one snapshot."""
     async with Database(engine).snapshot() as db:
         return await check(db)
+
+
+def app_settings(database_url: str) -> Settings:
+    """The settings every in-process test app runs with: real-looking secrets, AssetPay faked at its URL."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database_url,
+        auth_jwt_secret=SecretStr(JWT_SECRET),
+        admin_api_key=SecretStr(ADMIN_KEY),
+        assetpay_api_key=SecretStr("ap_test_key"),
+        assetpay_api_secret=SecretStr(WEBHOOK_SECRET.decode()),
+        assetpay_api_secret_previous=SecretStr(PREVIOUS_WEBHOOK_SECRET.decode()),
+        assetpay_base_url="https://assetpay.test",
+        db_pool_size=30,
+        db_max_overflow=120,
+        reconcile_interval_seconds=0,  # no background pass in a shared app: tests/reconciliation runs its own
+    )

@@ -9,27 +9,15 @@ from contextlib import asynccontextmanager
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from assetpay_merchant.config import Settings
 from tests.faults.pgcluster import PgCluster, find_bin_dir, free_port
-from tests.support import ADMIN_KEY, JWT_SECRET, PREVIOUS_WEBHOOK_SECRET, WEBHOOK_SECRET
+from tests.support import app_settings
 
 
 def settings_for(database_url: str) -> Settings:
-    """The session `settings` fixture of tests/conftest.py, on the private cluster."""
-    return Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=database_url,
-        auth_jwt_secret=SecretStr(JWT_SECRET),
-        admin_api_key=SecretStr(ADMIN_KEY),
-        assetpay_api_key=SecretStr("ap_test_key"),
-        assetpay_api_secret=SecretStr(WEBHOOK_SECRET.decode()),
-        assetpay_api_secret_previous=SecretStr(PREVIOUS_WEBHOOK_SECRET.decode()),
-        assetpay_base_url="https://assetpay.test",
-        db_pool_size=30,
-        db_max_overflow=120,
-    )
+    """The session's test settings (tests/conftest.py), on the private cluster."""
+    return app_settings(database_url)
 
 
 @asynccontextmanager

@@ -1,20 +1,8 @@
 """AssetPay's realtime feed: the shapes of what it says (the client that connects is `gateway/feed_client.py`,
 imported only where the feed is switched on: python-socketio and aiohttp cost every process ~15 MB).
 
-The feed (docs/realtime-feed.md) is Socket.IO over Engine.IO v4, websocket transport only, at the API host with
-`?apiKey=<key>`. It is best effort: nothing is replayed after a disconnect, and nothing it says moves money. This
-module only connects, reconnects and parses; what the events do is decided by the `FeedSink` it is given
-(services/feed.py).
-
-    feed = RealtimeFeed("https://api.assetpay.gg", api_key, sink)
-    feed.start()          # connects at once, then reconnects after 30 s, doubling up to 5 min, for as long as it runs
-    ...
-    await feed.stop()
-
-A refused key shows only as a bare disconnect right after connecting; the feed tells that apart from a dropped
-connection (nothing was heard, the connection lasted less than `refused_within` seconds), logs it as an error and
-backs off like any failure. Reconnecting is done here rather than by python-socketio, whose own reconnection gives
-up when the server closes the namespace (which is how a bad key may show) and never resets its delay.
+The feed (docs/realtime-feed.md) is best effort: nothing is replayed after a disconnect, and nothing it says moves
+money. Its events are parsed here into these shapes; what they do is decided by services/feed.py.
 """
 
 from __future__ import annotations
