@@ -178,11 +178,12 @@ def create_app(
         database = Database(
             create_engine(
                 database_url,
-                transaction_pooling=settings.database_pooler == "pgbouncer",
+                transaction_pooling=settings.transaction_pooling,
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
-            )
+            ),
+            session_url=settings.session_database_url,
         )
         http = http_client(settings, assetpay_transport)
         assetpay = assetpay_client(settings, http)

@@ -73,8 +73,8 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _ledger_check(url: str) -> int:
-    database = Database(create_engine(url, poolclass=NullPool))
+async def _ledger_check(url: str, *, transaction_pooling: bool) -> int:
+    database = Database(create_engine(url, poolclass=NullPool, transaction_pooling=transaction_pooling))
     try:
         async with database.snapshot() as db:
             problems = await check(db)
@@ -90,7 +90,7 @@ async def _ledger_check(url: str) -> int:
 
 
 def cmd_ledger_check(settings: Settings, args: argparse.Namespace) -> int:
-    return asyncio.run(_ledger_check(settings.require_database_url()))
+    return asyncio.run(_ledger_check(settings.require_database_url(), transaction_pooling=settings.transaction_pooling))
 
 
 EXIT_SKIPPED = 75  # EX_TEMPFAIL: another pass was running; try again later
@@ -137,7 +137,10 @@ def _quiet_progress_logs() -> Iterator[None]:
 async def _reconcile(settings: Settings, url: str, *, older_than: float | None, dry_run: bool) -> int:
     from assetpay_merchant.app import assetpay_client, http_client, reconcile_rules
 
-    database = Database(create_engine(url, pool_size=2, max_overflow=2))  # the lock's connection and one more
+    database = Database(
+        create_engine(url, pool_size=2, max_overflow=2, transaction_pooling=settings.transaction_pooling),
+        session_url=settings.session_database_url,  # the pass's lock needs a session of its own
+    )
     http = http_client(settings)
     bar = ProgressBar(sys.stderr) if sys.stderr.isatty() else None
     try:

@@ -144,6 +144,16 @@ class Settings(BaseSettings):
         """`NAME=` in a .env file means "not set", as if the line were not there."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @property
+    def transaction_pooling(self) -> bool:
+        """DATABASE_URL goes through a transaction-mode pooler (PgBouncer)."""
+        return self.database_pooler == "pgbouncer"
+
+    @property
+    def session_database_url(self) -> str | None:
+        """Where connections that need a session of their own go, past the pooler (None: the pool will do)."""
+        return self.listen_database_url if self.transaction_pooling else None
+
     def require_database_url(self) -> str:
         if not self.database_url:
             raise ConfigurationError("DATABASE_URL must be set (a PostgreSQL URL)")

@@ -203,10 +203,11 @@ async def run_periodically(database: Database, assetpay: AssetPayClient, rules: 
 
 @asynccontextmanager
 async def _exclusive(database: Database) -> AsyncIterator[Connection | None]:
-    """The reconciliation lock, held for the pass on a pooled connection of its own (lent to the pass for its
-    reads); None when another pass holds it. A session-level advisory lock: it is released here, and by the
-    server if the connection dies, so a crashed pass never blocks the next one."""
-    async with database.statements() as db:
+    """The reconciliation lock, held for the pass on a connection of its own (lent to the pass for its reads);
+    None when another pass holds it. A session-level advisory lock (on a direct connection when the pool goes
+    through PgBouncer): it is released here, and by the server if the connection dies, so a crashed pass never
+    blocks the next one."""
+    async with database.session() as db:
         if not await db.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY):
             yield None
             return

@@ -70,6 +70,11 @@ def async_url(url: str | URL) -> URL:
     return parsed.set(drivername="postgresql+asyncpg")
 
 
+def driver_dsn(url: str | URL) -> str:
+    """A URL asyncpg itself accepts (no `+asyncpg` driver suffix)."""
+    return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def create_engine(url: str | URL, *, transaction_pooling: bool = False, **kwargs: Any) -> AsyncEngine:
     """An asyncpg engine whose pool never lends a connection known or likely to be dead (see `_Liveness`);
     `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`).
@@ -167,8 +172,11 @@ async def _driver(connection: AsyncConnection) -> Connection:
 class Database:
     """The app's database: units of work for changes, sessions for the read views."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, session_url: str | None = None) -> None:
+        """`session_url`: where to open connections whose session must be ours (session advisory locks) when the
+        engine's pool goes through a transaction-mode pooler; None: the pool's own connections will do."""
         self.engine = engine
+        self._session_url = session_url
         self._liveness = _liveness(engine)
         self._sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -186,6 +194,26 @@ class Database:
         """A pooled driver connection for a read or two that need no transaction (each statement stands alone)."""
         async with self._connection() as connection:
             yield await _driver(connection)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[Connection]:
+        """A connection whose server session stays ours while we hold it (for session-level advisory locks): a
+        direct one past a transaction-mode pooler, else a pooled one."""
+        if self._session_url is None:
+            async with self.statements() as db:
+                yield db
+            return
+        try:
+            connection = await asyncpg.connect(driver_dsn(self._session_url), timeout=CONNECT_TIMEOUT_SECONDS)
+        except Exception as error:
+            if is_unreachable(error):
+                raise _unavailable(error) from error
+            raise
+        try:
+            yield connection
+        finally:
+            if not connection.is_closed():
+                await connection.close(timeout=2)
 
     @asynccontextmanager
     async def reads(self) -> AsyncIterator[AsyncSession]:

@@ -14,18 +14,13 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg
 
-from assetpay_merchant.store.database import async_url
+from assetpay_merchant.store.database import driver_dsn
 from assetpay_merchant.store.events import CHANNEL
 
 log = logging.getLogger(__name__)
 
 OnNotify = Callable[[str, int], None]
 OnConnected = Callable[[], Awaitable[None]]
-
-
-def driver_dsn(url: str) -> str:
-    """A URL asyncpg itself accepts (no `+asyncpg` driver suffix)."""
-    return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class Listener:
