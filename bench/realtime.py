@@ -34,7 +34,6 @@ import platform
 import random
 import resource
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -529,17 +528,7 @@ def raise_open_files_limit(needed: int) -> tuple[int, int]:
 
 
 async def run_interruptible(args: argparse.Namespace) -> Summary:
-    """`run`, cancelled by SIGINT or SIGTERM, so that every `finally` runs and nothing is left behind."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    assert task is not None
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
-    try:
-        return await run(args)
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
+    return await bench.interruptible(run(args))
 
 
 async def run(args: argparse.Namespace) -> Summary:

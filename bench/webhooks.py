@@ -38,12 +38,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -85,6 +85,8 @@ ITEMS = [
     ("USP-S | Kill Confirmed (Well-Worn)", "USP-S | Kill Confirmed"),
 ]
 ICON = "https://community.cloudflare.steamstatic.com/economy/image/-9a81dlWLwJ2UUGcVs_nsVtzdOEdtWwKGZZLQHTxDZ7I56KU0Zwwo4NUX4oFJZEHLbXH5ApeO4YmlhxYQknCRvCo04DEVlxkKgpot7HxfDhjxszJemkV09-5lpKKqPrxN7LEmyVQ7MEpiLuSrYmnjQO3-UdsZGHyd4_Bd1RvNQ7T_FDrw-_ng5Pu75iY1zI97bhLsvQz"
+
+T = TypeVar("T")
 
 
 # The app's SQL that bench/webhook_delivery.sql copies, by fingerprint (sha256 of the whitespace-collapsed text),
@@ -1057,18 +1059,22 @@ class Summary:
         return bool(self.verdict) and all(self.verdict.values())
 
 
-async def run_interruptible(args: argparse.Namespace) -> Summary:
-    """`run`, cancelled by SIGINT or SIGTERM, so that every `finally` runs and nothing is left behind."""
+async def interruptible(work: Awaitable[T]) -> T:
+    """`work`, cancelled by SIGINT or SIGTERM, so that every `finally` runs and nothing is left behind."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, task.cancel)
     try:
-        return await run(args)
+        return await work
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+async def run_interruptible(args: argparse.Namespace) -> Summary:
+    return await interruptible(run(args))
 
 
 async def run(args: argparse.Namespace) -> Summary:

@@ -17,29 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
 from assetpay_merchant import cli
-from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.app import create_app
 from assetpay_merchant.config import Settings
 from assetpay_merchant.services.reconciliation import LOCK_KEY
 from assetpay_merchant.store.database import create_engine
-from tests.assetpay_respx import API_KEY, BASE_URL, AssetPay, mocked_assetpay
+from tests.assetpay_respx import API_KEY, BASE_URL, AssetPay
 from tests.gateway.fake_assetpay import fail
 from tests.reconciliation.helpers import Book, books
 from tests.reconciliation.test_passes import held_deposit, ours
 from tests.support import balance, ledger_problems
-
-
-@pytest.fixture
-def assetpay(resources: Resources) -> Iterator[AssetPay]:
-    with mocked_assetpay(resources) as fake:
-        yield fake
-
-
-@pytest.fixture
-def book(assetpay: AssetPay) -> Book:
-    known = Book()
-    assetpay.lookup.reply(known)
-    return known
 
 
 @pytest.fixture

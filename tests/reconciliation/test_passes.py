@@ -4,39 +4,24 @@ its OpenAPI document): callbacks and answers dropped on purpose are healed, exac
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client import REGISTRY
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.services.reconciliation import UNKNOWN_ERROR, VANISHED, Cause, Change, Report, Rules, run_pass
 from assetpay_merchant.store.database import Database, create_engine
-from tests.assetpay_respx import AssetPay, ledger_of, mocked_assetpay, register, trades_of
+from tests.assetpay_respx import AssetPay, ledger_of, register, trades_of
 from tests.gateway.fake_assetpay import fail, ok
 from tests.reconciliation.helpers import Book, backdate, books
 from tests.support import auth, balance, deliver_trade, ledger_problems, register_user, trade
 
 NOW = Rules(quiet_for=timedelta(0))
 DEPOSIT = {"items": [{"itemId": "730_12345678901", "price": "10.75"}]}
-
-
-@pytest.fixture
-def assetpay(resources: Resources) -> Iterator[AssetPay]:
-    with mocked_assetpay(resources) as fake:
-        yield fake
-
-
-@pytest.fixture
-def book(assetpay: AssetPay) -> Book:
-    known = Book()
-    assetpay.lookup.reply(known)
-    return known
 
 
 async def reconcile(resources: Resources, rules: Rules = NOW, **options: Any) -> Report:
