@@ -75,8 +75,8 @@ async def test_upgrade_downgrade_upgrade_round_trip(scratch: ScratchDatabases) -
     assert await tables(url) == {*TABLES, "alembic_version"}
     assert await query(url, "SELECT version_num FROM alembic_version") == [(migrate.head_revision(),)]
     at_head = await schema_objects(url)
-    assert at_head["triggers"] == 1
-    assert at_head["functions"] == 2  # the ledger guard and money_text
+    assert at_head["triggers"] == 2  # the ledger's and the trade history's append-only guards
+    assert at_head["functions"] == 3  # those two guards and money_text
 
     await asyncio.to_thread(migrate.downgrade, url, "base")
     assert await tables(url) == {"alembic_version"}

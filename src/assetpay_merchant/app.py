@@ -15,8 +15,9 @@ import jwt
 from fastapi import FastAPI
 from jwt.algorithms import get_default_algorithms
 
-from assetpay_merchant.api import catalog, health, ledger, trades, users, webhooks, ws
+from assetpay_merchant.api import admin, catalog, health, ledger, trades, users, verification, webhooks, ws
 from assetpay_merchant.api.auth import TokenVerifier
+from assetpay_merchant.api.cors import BrowserOrigins
 from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
@@ -227,6 +228,9 @@ def create_app(
 
     app = FastAPI(title="AssetPay merchant backend", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    for module in (webhooks, users, catalog, ledger, trades, ws, health):  # webhooks first: the busiest route
+    # Always installed: with CORS_ORIGINS empty it still refuses WebSocket handshakes from other sites' pages.
+    app.add_middleware(BrowserOrigins, origins=settings.cors_origins, max_age=settings.cors_max_age_seconds)
+    # webhooks first: the busiest route
+    for module in (webhooks, users, catalog, verification, ledger, trades, admin, ws, health):
         app.include_router(module.router)
     return app

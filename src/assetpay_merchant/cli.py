@@ -1,8 +1,8 @@
 """The `assetpay-merchant` command: serve, migrate, dev, and ledger checks and reconciliation for ops.
 
 `serve`, `migrate`, `ledger check` and `reconcile` need DATABASE_URL (`reconcile` also ASSETPAY_API_KEY); `serve`
-refuses to start with any missing or unsafe secret. Only `dev` starts an embedded PostgreSQL and the AssetPay
-sandbox.
+refuses to start with any missing or unsafe secret. Only `dev` and `sandbox` start an embedded PostgreSQL and the
+AssetPay sandbox.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import TextIO
 from pydantic import ValidationError
 from sqlalchemy.pool import NullPool
 
+from assetpay_merchant import ops_cli
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.observability import configure_logging, shared_metrics
 from assetpay_merchant.services import reconciliation
@@ -64,6 +65,20 @@ def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     from assetpay_sandbox.dev import run
 
     return run(settings, host=args.host, port=args.port)
+
+
+def cmd_trigger(settings: Settings, args: argparse.Namespace) -> int:
+    # Dev tooling too: the scenarios are played by the sandbox's rules, in the sandbox package.
+    from assetpay_sandbox.trigger import run
+
+    return run(settings, args)
+
+
+def cmd_sandbox(settings: Settings, args: argparse.Namespace) -> int:
+    # The simulator alone, on its own port: sandbox code, so it lives in the sandbox package too.
+    from assetpay_sandbox.serve import run
+
+    return run(settings, args)
 
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
@@ -178,6 +193,13 @@ def _seconds(value: str) -> float:
     return seconds
 
 
+def _rate(value: str) -> float:
+    rate = float(value)
+    if not 0 <= rate <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be a number from 0 to 1")
+    return rate
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="assetpay-merchant", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +214,48 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--host", default="127.0.0.1")
     dev.add_argument("--port", type=int, default=8000)
     dev.set_defaults(handler=cmd_dev)
+
+    trigger = commands.add_parser(
+        "trigger",
+        help="fire a signed scenario of AssetPay callbacks at a backend and check its answers",
+        description="Like `stripe trigger`: registers a user, sends the scenario's callbacks signed as AssetPay "
+        "signs them, prints the backend's answer to each, and checks the user's balance at the end. Exit 0 when "
+        "every answer and the balance are as expected, 1 otherwise, 2 on usage errors.",
+    )
+    trigger.add_argument("scenario", nargs="?", help="the scenario to run (--list shows them)")
+    trigger.add_argument("--list", action="store_true", help="list the scenarios, one line each")
+    trigger.add_argument("--url", default="http://127.0.0.1:8000", help="the backend's base URL (default: dev's)")
+    trigger.add_argument("--secret", help="callback secret (default: ASSETPAY_API_SECRET, else the sandbox's)")
+    trigger.add_argument("--user", metavar="USER_ID", help="the user to play it for (default: trigger-<random>)")
+    trigger.add_argument("--admin-key", help="X-Admin-Key to register the user (default: ADMIN_API_KEY, else dev's)")
+    trigger.add_argument("--jwt-secret", help="signs the user's JWT (default: AUTH_JWT_SECRET, else dev's)")
+    trigger.add_argument("--json", action="store_true", help="one JSON object per line, for scripts")
+    trigger.set_defaults(handler=cmd_trigger)
+
+    sandbox = commands.add_parser(
+        "sandbox",
+        help="serve the AssetPay sandbox alone on its own port (credentials from SANDBOX_API_KEY/_SECRET/_MERCHANT_ID)",
+        description="The AssetPay simulator under uvicorn, POSTing signed callbacks to --callback-url. Its state is "
+        "kept in --database-url, else DATABASE_URL, else the embedded PostgreSQL under DATA_DIR (--memory: nowhere). "
+        "The chaos flags make callback delivery misbehave like the real gateway's (docs/sandbox.md).",
+    )
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8100)
+    sandbox.add_argument("--callback-url", default="http://127.0.0.1:8000/webhooks/assetpay", metavar="URL")
+    sandbox.add_argument("--step-seconds", type=_seconds, default=5.0, metavar="S", help="between statuses (default 5)")
+    sandbox.add_argument("--hold-seconds", type=_seconds, default=None, metavar="S", help="CS2 hold (default: a step)")
+    kept = sandbox.add_mutually_exclusive_group()
+    kept.add_argument("--database-url", metavar="URL", help="keep the state in this PostgreSQL database")
+    kept.add_argument("--memory", action="store_true", help="keep nothing: the state ends with the process")
+    sandbox.add_argument("--seed", type=int, default=None, help="seed the chaos RNG (a reproducible run)")
+    sandbox.add_argument("--duplicate-rate", type=_rate, default=0.0, metavar="0..1", help="deliver again, same id")
+    sandbox.add_argument("--reorder", action="store_true", help="deliver callbacks out of order")
+    sandbox.add_argument("--delay", type=_seconds, default=0.0, metavar="SECONDS", help="max wait before a callback")
+    sandbox.add_argument("--drop-rate", type=_rate, default=0.0, metavar="0..1", help="lose attempts (then retry)")
+    sandbox.add_argument(
+        "--approval-timeout-rate", type=_rate, default=0.0, metavar="0..1", help="treat approval answers as timed out"
+    )
+    sandbox.set_defaults(handler=cmd_sandbox)
 
     migrate = commands.add_parser("migrate", help="upgrade the database at DATABASE_URL to the newest schema")
     migrate.set_defaults(handler=cmd_migrate)
@@ -213,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reconcile.add_argument("--dry-run", action="store_true", help="look up and report, change nothing")
     reconcile.set_defaults(handler=cmd_reconcile)
+    ops_cli.add_commands(commands)  # admin ..., webhooks ...
     return parser
 
 

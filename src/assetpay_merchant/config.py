@@ -7,11 +7,14 @@ Development defaults do not live here at all: `assetpay-merchant dev` brings its
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PRODUCTION_ASSETPAY_URL = "https://api.assetpay.gg"
 MIN_JWT_SECRET_BYTES = 32
@@ -118,6 +121,22 @@ class Settings(BaseSettings):
     event_retention_hours: float = Field(default=48.0, ge=24)
     """How long live events are kept for `?since=` replay."""
 
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """The web pages, by exact origin, that may call the /v1 API from a browser and open its WebSocket
+    (comma-separated `scheme://host[:port]`); empty: none but the server's own pages."""
+    cors_max_age_seconds: int = Field(default=600, ge=0, le=86_400)
+    """How long a browser may reuse a preflight answer (Chromium caps it at 7200)."""
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _exact_origins(cls, value: Any) -> Any:
+        """`https://a.example,http://localhost:5173` → each checked and written as a browser sends it."""
+        entries = value.split(",") if isinstance(value, str) else value
+        if not isinstance(entries, list | tuple | set | frozenset):
+            return value  # not a list of origins at all: pydantic says so
+        stripped = [entry.strip() if isinstance(entry, str) else entry for entry in entries]
+        return tuple(dict.fromkeys(browser_origin(entry) for entry in stripped if entry != ""))  # a trailing comma
+
     webhook_tolerance_seconds: int = Field(default=300, ge=1)
     max_webhook_body_bytes: int = Field(default=1_048_576, ge=1024)
     currency: str = "USD"
@@ -187,6 +206,69 @@ class Settings(BaseSettings):
         """The secrets a callback signature may be made with: the current one first, then the previous one."""
         secrets = (self.assetpay_api_secret, self.assetpay_api_secret_previous)
         return tuple(s.get_secret_value().encode() for s in secrets if s is not None and s.get_secret_value())
+
+
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def browser_origin(entry: Any) -> str:
+    """`entry` the way a browser writes it in its `Origin` header (lower case, no default port), so an exact
+    comparison works; ValueError naming CORS_ORIGINS when it is not one http(s) origin."""
+    if entry == "*":
+        raise ValueError(
+            "CORS_ORIGINS may not be *: with credentials allowed, a wildcard lets any site call the API as its "
+            "users; list the exact origin of each frontend"
+        )
+    if entry == "null":
+        raise ValueError(
+            "CORS_ORIGINS may not contain null: sandboxed frames and local files send it, so any site can; list "
+            "the exact origin of each frontend"
+        )
+    reason = _not_an_origin(entry)
+    if reason is not None:
+        raise ValueError(
+            f"CORS_ORIGINS entry {entry!r} is not an origin ({reason}): write each as scheme://host[:port], "
+            "e.g. https://shop.example.com"
+        )
+    parts = urlsplit(entry)
+    scheme, host, port = parts.scheme.lower(), parts.hostname or "", parts.port
+    if ":" in host:
+        host = f"[{ipaddress.IPv6Address(host).compressed}]"
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS[scheme]) else f"{scheme}://{host}:{port}"
+
+
+def _not_an_origin(entry: Any) -> str | None:
+    """Why `entry` is not an http(s) origin, or None when it is one."""
+    if not isinstance(entry, str):
+        return "not text"
+    if not entry.isascii() or any(c.isspace() for c in entry):
+        return "only ASCII without spaces: a non-ASCII host is written in punycode (xn--...)"
+    if "*" in entry:
+        return "no wildcards"
+    try:
+        parts = urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        return "a bad port or host"
+    if parts.scheme.lower() not in _DEFAULT_PORTS:
+        return "it must start with http:// or https://"
+    if parts.username is not None or parts.password is not None:
+        return "no user name or password"
+    if parts.path or parts.query or parts.fragment or entry.endswith(("?", "#")):
+        return "no path, not even a trailing /"
+    if port == 0:
+        return "port 0"
+    host = parts.hostname or ""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "a bad IPv6 address"
+        return None
+    if not host or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        return "a bad host name"
+    return None
 
 
 def _require_secret(name: str, value: SecretStr | None, *, min_bytes: int = 1) -> None:

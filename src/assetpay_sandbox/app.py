@@ -11,7 +11,19 @@ developer's control routes live outside that namespace, under `/_sandbox`, and n
     POST /_sandbox/step | /tick | /deliver step every live trade now | do what is due | resend waiting callbacks
     GET  /_sandbox/deliveries              the latest callback attempts
     PUT|DELETE /_sandbox/prices/{itemId}   {"price": n}: the current price of an inventory item or listing
-    PUT|DELETE /_sandbox/collateral/{steamId}  {"collateral": n}: a user's collateral before exposure
+    PUT|DELETE /_sandbox/collateral/{steamId}  {"collateral": n}: override the provider collateral the model computes
+    GET  /_sandbox/users/{steamId}         the risk profile and its numbers (trust, history, collateral, cap, ...)
+    PUT  /_sandbox/users/{steamId}/merchant-collateral  {"amount": n}: the merchant's collateral for the user
+    PUT  /_sandbox/users/{steamId}/verification         {"level": 0|1}: verify (or unverify) at once
+    POST /_sandbox/users/{steamId}/verification/approve | /decline  decide the verification in progress
+    PUT  /_sandbox/identities/{identityId} {"banned": bool}: ban a verified identity (refuses new links)
+    PUT  /_sandbox/verification            {"available": bool}: off → VERIFICATION_NOT_AVAILABLE on start
+
+The instant-credit model behind `collateral` and `preCredit` (and identity verification) is docs/instant-credit.md.
+    GET|PUT /_sandbox/chaos                the chaos switches (docs/sandbox.md), e.g. {"dropRate": 0.2, "seed": 7}
+
+AssetPay's realtime feed (Socket.IO, websocket transport, `?apiKey=` or `?token=`) is mounted at `/socket.io/`, so
+the routes and the feed share one port (feed.py).
 """
 
 from __future__ import annotations
@@ -29,18 +41,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from assetpay_sandbox import catalog, tokens
+from assetpay_sandbox import catalog, tokens, verification
+from assetpay_sandbox.chaos import ChaosError, ChaosSettings
 from assetpay_sandbox.credentials import SANDBOX_API_KEY, SANDBOX_API_SECRET, SANDBOX_MERCHANT_ID
 from assetpay_sandbox.driver import DEFAULT_STEP_SECONDS, Clock, Sandbox, utc_now
+from assetpay_sandbox.feed import FEED_PATH, SandboxFeed
+from assetpay_sandbox.persistence import SaveAfterRequests
 from assetpay_sandbox.schemas import (
     AuthenticateClient,
     DepositRequest,
     Query,
+    VerificationStart,
     WithdrawRequest,
     parse_body,
 )
 from assetpay_sandbox.state import FORCED_ENDINGS, ITEM_ERRORS, TRADE_ERRORS, SimTrade
-from assetpay_sandbox.tokens import ClientIdentity
+from assetpay_sandbox.tokens import STEAM_ID, ClientIdentity
 from assetpay_sandbox.wire import SandboxError, failure, iso, loads, ok, validation_failed
 
 MAX_TRADE_REFS = 100
@@ -58,13 +74,17 @@ def create_sandbox_app(
     hold_seconds: float | None = None,
     callback_transport: httpx.AsyncBaseTransport | None = None,
     cancel_min_age_seconds: float = 0.0,
+    chaos: ChaosSettings | None = None,
+    seed: int | None = None,
+    database_url: str | None = None,
 ) -> FastAPI:
     """A simulated AssetPay for one merchant, POSTing signed callbacks to `callback_url`.
 
     Trades move one status every `step_seconds` (a CS2 hold lasts `hold_seconds`, by default one step) once the
     driver runs: served on its own, the app's lifespan starts it; mounted inside another app, call
     `sandbox_of(app).start()` / `.stop()` from that app's lifespan. `callback_transport` lets tests receive the
-    callbacks in-process.
+    callbacks in-process. `chaos` and `seed` make delivery misbehave reproducibly; with `database_url` the
+    sandbox is kept in that database (schema `assetpay_sandbox`) and carries on after a restart.
     """
     sandbox = Sandbox(
         api_key=api_key,
@@ -76,6 +96,9 @@ def create_sandbox_app(
         clock=clock,
         callback_transport=callback_transport,
         cancel_min_age_seconds=cancel_min_age_seconds,
+        chaos=chaos,
+        seed=seed,
+        database_url=database_url,
     )
 
     @asynccontextmanager
@@ -96,6 +119,10 @@ def create_sandbox_app(
     _install_error_handlers(app)
     app.include_router(gateway_router)
     app.include_router(control_router)
+    app.add_middleware(SaveAfterRequests, touch=sandbox.touch)
+    feed = SandboxFeed(sandbox)
+    app.state.feed = feed
+    app.mount(FEED_PATH, feed.app)
     return app
 
 
@@ -138,6 +165,11 @@ def _sandbox(request: Request) -> Sandbox:
     return sandbox
 
 
+def _feed(request: Request) -> SandboxFeed:
+    feed: SandboxFeed = request.app.state.feed
+    return feed
+
+
 def _merchant(request: Request) -> Sandbox:
     """The sandbox, once the `api-key` header has been checked."""
     sandbox = _sandbox(request)
@@ -156,6 +188,8 @@ def _client(request: Request) -> tuple[Sandbox, ClientIdentity]:
     identity = tokens.read(
         token.strip(), secret=sandbox.secret, merchant_id=sandbox.merchant_id, now=int(sandbox.clock().timestamp())
     )
+    # Locally minted tokens never pass /auth/authenticate-client: every token refreshes the model's clientData.
+    sandbox.state.profiles.observe(identity.steam_id, identity.client_data)
     return sandbox, identity
 
 
@@ -191,6 +225,7 @@ async def authenticate_client(request: Request) -> Response:
         client_data=body.client_data.model_dump(by_alias=True, exclude_none=True) if body.client_data else {},
     )
     token = tokens.mint(identity, secret=sandbox.secret, issued_at=int(_now(sandbox).timestamp()))
+    sandbox.state.profiles.observe(identity.steam_id, identity.client_data)
     return ok(request, {"token": token})
 
 
@@ -276,6 +311,28 @@ async def client_cancel_item(request: Request, trade_ref: str, item_ref: str) ->
     return ok(request, {"tradeId": trade.id, **outcome})
 
 
+@gateway_router.post("/client/verification/start", summary="Start identity verification (PictureID)")
+async def verification_start(request: Request) -> Response:
+    sandbox, who = _client(request)
+    raw = await request.body()
+    body = parse_body(VerificationStart, loads(raw) if raw.strip() else {})
+    process = verification.start(sandbox.state.profiles, who.steam_id, email=body.email, now=_now(sandbox))
+    return ok(request, {"captureUrl": process.capture_url, "dossierId": process.dossier_id})
+
+
+@gateway_router.get("/client/verification/status", summary="Verification level, email, latest process, identity")
+async def verification_status(request: Request) -> Response:
+    sandbox, who = _client(request)
+    return ok(request, verification.status(sandbox.state.profiles, who.steam_id, _now(sandbox)))
+
+
+@gateway_router.post("/client/verification/link", summary="Link the account to the verified identity of its email")
+async def verification_link(request: Request) -> Response:
+    sandbox, who = _client(request)
+    verification.link(sandbox.state.profiles, who.steam_id, _now(sandbox))
+    return ok(request, {"linked": True})
+
+
 @gateway_router.get("/secure/trades/{refs}", summary="Trades by id or externalId (comma-separated → array)")
 async def secure_trades(request: Request, refs: str) -> Response:
     sandbox = _merchant(request)
@@ -328,6 +385,8 @@ async def overview(request: Request) -> Response:
             "merchantId": sandbox.merchant_id,
             "callbackUrl": sandbox.callback_url,
             "stepSeconds": sandbox.step_seconds,
+            "holdSeconds": sandbox.hold_seconds,
+            "persistent": sandbox.store is not None,
             "running": sandbox.running,
             "trades": len(sandbox.state.trades),
             "pendingCallbacks": len(sandbox.outbox),
@@ -420,16 +479,20 @@ async def set_price(request: Request, item_id: str) -> Response:
     if price <= 0:
         raise validation_failed({"price": "must be positive"})
     sandbox.state.price_overrides[item_id] = price
+    _feed(request).price_changed(item_id)
     return ok(request, {"itemId": item_id, "price": price})
 
 
 @control_router.delete("/prices/{item_id}", summary="Back to the catalog price")
 async def clear_price(request: Request, item_id: str) -> Response:
     _sandbox(request).state.price_overrides.pop(item_id, None)
+    _feed(request).price_changed(item_id)
     return ok(request, {"itemId": item_id})
 
 
-@control_router.put("/collateral/{steam_id}", summary='Set a user\'s collateral before exposure: {"collateral": n}')
+@control_router.put(
+    "/collateral/{steam_id}", summary='Override the provider collateral the model computes: {"collateral": n}'
+)
 async def set_collateral(request: Request, steam_id: str) -> Response:
     sandbox = _sandbox(request)
     body = await _body(request)
@@ -438,7 +501,111 @@ async def set_collateral(request: Request, steam_id: str) -> Response:
     return ok(request, {"steamId": steam_id, "collateral": amount})
 
 
-@control_router.delete("/collateral/{steam_id}", summary="Back to the collateral computed from clientData")
+@control_router.delete("/collateral/{steam_id}", summary="Back to the provider collateral the risk model computes")
 async def clear_collateral(request: Request, steam_id: str) -> Response:
     _sandbox(request).state.collateral_overrides.pop(steam_id, None)
     return ok(request, {"steamId": steam_id})
+
+
+# -- risk profiles and identity verification (risk.py, verification.py, docs/instant-credit.md) ----------------
+
+
+def _steam_id(steam_id: str) -> str:
+    if not STEAM_ID.fullmatch(steam_id):
+        raise validation_failed({"steamId": "must be a Steam id (76561 and 12 digits)"})
+    return steam_id
+
+
+def _user(request: Request, steam_id: str) -> Response:
+    state = _sandbox(request).state
+    view = verification.user_view(
+        state.profiles, steam_id, state.exposure(steam_id), state.collateral_overrides.get(steam_id)
+    )
+    return ok(request, view)
+
+
+async def _field(request: Request, name: str) -> Any:
+    body = await _body(request)
+    return body.get(name) if isinstance(body, dict) else None
+
+
+@control_router.get("/users/{steam_id}", summary="A user's risk profile and the instant credit it gives now")
+async def get_user(request: Request, steam_id: str) -> Response:
+    return _user(request, _steam_id(steam_id))
+
+
+@control_router.put(
+    "/users/{steam_id}/merchant-collateral", summary='The merchant\'s collateral for a user: {"amount": n}'
+)
+async def set_merchant_collateral(request: Request, steam_id: str) -> Response:
+    amount = _money(await _field(request, "amount"), "amount")
+    _sandbox(request).state.profiles.get(_steam_id(steam_id)).merchant_collateral = amount
+    return _user(request, steam_id)
+
+
+@control_router.put("/users/{steam_id}/verification", summary='Verify or unverify a user at once: {"level": 0|1}')
+async def set_verification(request: Request, steam_id: str) -> Response:
+    sandbox = _sandbox(request)
+    level = await _field(request, "level")
+    if isinstance(level, bool) or level not in (0, 1):
+        raise validation_failed({"level": "must be 0 (unverified) or 1 (verified)"})
+    verification.set_level(sandbox.state.profiles, _steam_id(steam_id), level, _now(sandbox))
+    return _user(request, steam_id)
+
+
+@control_router.post("/users/{steam_id}/verification/approve", summary="Accept the verification in progress")
+async def approve_verification(request: Request, steam_id: str) -> Response:
+    sandbox = _sandbox(request)
+    verification.decide(sandbox.state.profiles, _steam_id(steam_id), accept=True, now=_now(sandbox))
+    return _user(request, steam_id)
+
+
+@control_router.post("/users/{steam_id}/verification/decline", summary="Reject the verification in progress")
+async def decline_verification(request: Request, steam_id: str) -> Response:
+    sandbox = _sandbox(request)
+    verification.decide(sandbox.state.profiles, _steam_id(steam_id), accept=False, now=_now(sandbox))
+    return _user(request, steam_id)
+
+
+@control_router.put("/identities/{identity_id}", summary='Ban or unban a verified identity: {"banned": bool}')
+async def set_identity(request: Request, identity_id: str) -> Response:
+    banned = await _field(request, "banned")
+    if not isinstance(banned, bool):
+        raise validation_failed({"banned": "must be true or false"})
+    identity = verification.set_banned(_sandbox(request).state.profiles, identity_id, banned)
+    return ok(request, {"id": identity.id, "banned": identity.banned})
+
+
+@control_router.put("/verification", summary='Make identity verification available or not: {"available": bool}')
+async def set_verification_available(request: Request) -> Response:
+    available = await _field(request, "available")
+    if not isinstance(available, bool):
+        raise validation_failed({"available": "must be true or false"})
+    _sandbox(request).state.profiles.verification_available = available
+    return ok(request, {"available": available})
+
+
+@control_router.get("/chaos", summary="The chaos switches and the seed of their RNG")
+async def get_chaos(request: Request) -> Response:
+    return ok(request, _sandbox(request).chaos.wire())
+
+
+@control_router.put(
+    "/chaos",
+    summary='Set the chaos switches: {"duplicateRate", "reorder", "delay", "dropRate", "approvalTimeoutRate", '
+    '"seed"}; a switch left out is off, a seed restarts the RNG',
+)
+async def set_chaos(request: Request) -> Response:
+    sandbox = _sandbox(request)
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise validation_failed({"body": "must be a JSON object"})
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise validation_failed({"seed": "must be an integer"})
+    try:
+        settings = ChaosSettings.from_wire(body)
+    except ChaosError as exc:
+        raise validation_failed(exc.fields) from None
+    sandbox.configure_chaos(settings, seed=seed)
+    return ok(request, sandbox.chaos.wire())

@@ -112,6 +112,20 @@ class WithdrawRequest(_Body):
     _check_game = field_validator("game")(_game)
 
 
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+class VerificationStart(_Body):
+    email: str | None = Field(default=None, max_length=254)
+
+    @field_validator("email")
+    @classmethod
+    def _email(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.fullmatch(value):
+            raise ValueError("must be an email address")
+        return value
+
+
 BodyT = TypeVar("BodyT", bound=BaseModel)
 
 

@@ -6,18 +6,20 @@ are Decimals from end to end.
 
 from __future__ import annotations
 
+import json
 import math
 import secrets
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-from assetpay_sandbox import catalog
+from assetpay_sandbox import catalog, risk
 from assetpay_sandbox.catalog import CS2, RUST, CatalogItem
-from assetpay_sandbox.schemas import ClientData, DepositRequest, WithdrawRequest
+from assetpay_sandbox.risk import Profiles
+from assetpay_sandbox.schemas import DepositRequest, WithdrawRequest
 from assetpay_sandbox.tokens import ClientIdentity
 from assetpay_sandbox.wire import SandboxError, dumps, iso, validation_failed
 
@@ -152,6 +154,9 @@ class SimTrade:
     error: str | None = None
     due_at: datetime | None = None
     approval_attempts: int = 0
+    # Which collateral backs the preCredit of a CS2 deposit (risk.split); Rust's needs none.
+    collateral_provider: Decimal = ZERO
+    collateral_merchant: Decimal = ZERO
     approved: bool = False
 
     @property
@@ -195,7 +200,7 @@ class SimTrade:
             "isInstant": self.is_instant,
         }
         if self.type == "deposit":
-            trade["collateral"] = {"merchant": ZERO, "provider": self.pre_credit if self.game == CS2 else ZERO}
+            trade["collateral"] = {"merchant": self.collateral_merchant, "provider": self.collateral_provider}
         optional = {
             "holdEndDate": self.hold_end_date,
             "activeAt": self.active_at,
@@ -219,21 +224,18 @@ class Event:
     body: bytes
 
 
-def provider_collateral(client_data: dict[str, Any]) -> Decimal:
-    """A toy risk model fed by clientData: 25 + 25·min(kycLevel, 3) + 25 per payment method + wager/100 (≤ 100)."""
-    try:
-        data = ClientData.model_validate(client_data)
-    except ValueError:
-        data = ClientData()
-    amount = Decimal(25) + 25 * min(data.kyc_level or 0, 3)
-    amount += 25 * (bool(data.fiat_deposits) + bool(data.crypto_deposits))
-    amount += min(Decimal(100), (data.total_wager or ZERO) / 100)
-    return amount.quantize(catalog.CENT)
+class Observer(Protocol):
+    """Told of changes as they happen (the realtime feed, feed.py), besides the events the driver delivers.
+    Called synchronously from inside the change: it must return at once and never raise."""
+
+    def trade_changed(self, event: Event) -> None: ...
+
+    def listing_replaced(self, game: int, sold: CatalogItem, listed: CatalogItem) -> None: ...
 
 
 @dataclass(slots=True)
 class SandboxState:
-    """Every trade of the one sandbox merchant, the per-user guards, and the developer's price and collateral knobs."""
+    """Every trade of the one sandbox merchant, the per-user guards and risk profiles, and the developer's knobs."""
 
     step: timedelta
     hold: timedelta
@@ -244,9 +246,11 @@ class SandboxState:
     external_ids: dict[str, str] = field(default_factory=dict)
     market_generations: dict[int, dict[int, int]] = field(default_factory=dict)  # game → slot → restocks
     price_overrides: dict[str, Decimal] = field(default_factory=dict)
-    collateral_overrides: dict[str, Decimal] = field(default_factory=dict)
+    collateral_overrides: dict[str, Decimal] = field(default_factory=dict)  # replace the modelled provider collateral
+    profiles: Profiles = field(default_factory=Profiles)  # trust, history, verification, merchant collateral per user
     inventory_fetched: dict[tuple[str, int], datetime] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
+    observers: list[Observer] = field(default_factory=list, repr=False, compare=False)
 
     # -- looking things up ---------------------------------------------------------------------------------------
 
@@ -299,16 +303,19 @@ class SandboxState:
         """The market as it stands: a listing bought by a withdrawal is replaced by a fresh one."""
         return self._priced(catalog.market(game, self.market_generations.get(game)))
 
-    def collateral(self, who: ClientIdentity) -> Decimal:
-        """Instant credit available now: the user's collateral less the preCredit of their CS2 deposits in flight."""
-        base = self.collateral_overrides.get(who.steam_id)
-        if base is None:
-            base = provider_collateral(who.client_data)
-        exposure = sum(
-            (t.pre_credit for t in self.of_user(who.steam_id, "deposit") if t.game == CS2 and t.status in IN_FLIGHT),
+    def exposure(self, steam_id: str) -> Decimal:
+        """The preCredit of the user's CS2 deposits still in flight: advanced, and at risk until they end."""
+        return sum(
+            (t.pre_credit for t in self.of_user(steam_id, "deposit") if t.game == CS2 and t.status in IN_FLIGHT),
             start=ZERO,
         )
-        return max(ZERO, base - exposure)
+
+    def credit_terms(self, steam_id: str) -> risk.Terms:
+        return self.profiles.terms(steam_id, self.exposure(steam_id), self.collateral_overrides.get(steam_id))
+
+    def collateral(self, who: ClientIdentity) -> Decimal:
+        """Instant credit available now (the inventory's `collateral`): what the next deposit could get up front."""
+        return self.credit_terms(who.steam_id).instant_now
 
     def wallet(self) -> dict[str, Any]:
         """The merchant's AssetPay wallet: paid for completed deposits, charged for withdrawals."""
@@ -394,12 +401,7 @@ class SandboxState:
             raise SandboxError(409, "PRICE_CHANGED", "Item prices have changed", details={"items": changed})
         items = [SimItem.of(owned[w.item_id], price=owned[w.item_id].price, amount=w.amount) for w in request.items]
         total = sum((item.value for item in items), start=ZERO)
-        if game == RUST:
-            pre_credit = total  # Rust has no trade hold: always credited in full
-        elif request.is_instant:
-            pre_credit = min(self.collateral(who), total)
-        else:
-            pre_credit = ZERO
+        credit = risk.split(self.credit_terms(who.steam_id), game=game, is_instant=request.is_instant, total=total)
         trade = SimTrade(
             id=str(uuid.uuid4()),
             type="deposit",
@@ -407,12 +409,14 @@ class SandboxState:
             game=game,
             items=items,
             total_price=total,
-            pre_credit=pre_credit,
+            pre_credit=credit.pre_credit,
             is_instant=request.is_instant,
             created_at=now,
             updated_at=now,
             external_id=request.external_id,
             due_at=now + self.step,
+            collateral_provider=credit.provider,
+            collateral_merchant=credit.merchant,
         )
         self._register(trade)
         self._emit(trade)
@@ -448,6 +452,12 @@ class SandboxState:
         for wanted in request.items:  # bought: the listing leaves the market and its slot is restocked
             slot = listed[wanted.item_id].slot
             generations[slot] = generations.get(slot, 0) + 1
+        if self.observers:
+            restocked = {listing.slot: listing for listing in self.market(CS2)}
+            for wanted in request.items:
+                sold = listed[wanted.item_id]
+                for observer in self.observers:
+                    observer.listing_replaced(CS2, sold, restocked[sold.slot])
         auto_cancel = None if request.auto_cancel == 720 else now + timedelta(minutes=request.auto_cancel)
         trade = SimTrade(
             id=str(uuid.uuid4()),
@@ -469,7 +479,10 @@ class SandboxState:
     # -- moving trades -------------------------------------------------------------------------------------------
 
     def _emit(self, trade: SimTrade) -> None:
-        self.events.append(Event(trade.id, trade.status, trade_body(trade)))
+        event = Event(trade.id, trade.status, trade_body(trade))
+        self.events.append(event)
+        for observer in self.observers:
+            observer.trade_changed(event)
 
     def _set(self, trade: SimTrade, status: str, now: datetime) -> None:
         """Move the trade (and its live withdrawal items) to `status`, schedule its next step, announce it."""
@@ -485,7 +498,11 @@ class SandboxState:
             trade.hold_end_date = now + self.hold
         trade.due_at = None if trade.is_final else now + (self.hold if status == "hold" else self.step)
         if trade.is_final:
-            self.live.pop(trade.id, None)
+            self.live.pop(trade.id, None)  # a CS2 deposit's exposure ends with it (see `exposure`)
+            if trade.type == "deposit" and status == "completed":
+                self.profiles.record_completion(trade.owner.steam_id, trade.total_price)
+            elif trade.type == "deposit" and status == "reverted":
+                self.profiles.record_reversal(trade.owner.steam_id, trade.total_price)
         self._emit(trade)
 
     def advance(self, trade: SimTrade, now: datetime) -> None:
@@ -583,6 +600,54 @@ class SandboxState:
             trade.error = errors.pop() if len(errors) == 1 else None
             self._set(trade, "failed", now)
 
+    # -- kept across restarts (persistence.py) -------------------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """Everything this state keeps, JSON-able (Decimals as strings, times ISO-8601); `load` reads it back.
+        The clock settings (step, hold, cancel_min_age) are the running sandbox's, not kept; the indexes (live,
+        by_user, external_ids) are rebuilt from the trades."""
+        return {
+            "trades": [_dump_trade(trade) for trade in self.trades.values()],
+            "marketGenerations": {
+                str(game): {str(slot): count for slot, count in slots.items()}
+                for game, slots in self.market_generations.items()
+            },
+            "priceOverrides": {item_id: str(price) for item_id, price in self.price_overrides.items()},
+            "collateralOverrides": {steam_id: str(amount) for steam_id, amount in self.collateral_overrides.items()},
+            "profiles": self.profiles.dump(),
+            "inventoryFetched": [
+                [steam_id, game, at.isoformat()] for (steam_id, game), at in self.inventory_fetched.items()
+            ],
+            "events": [dump_event(event) for event in self.events],
+        }
+
+    def load(self, data: Mapping[str, Any]) -> None:
+        """Replace what this state keeps with a `dump()`; a key missing (an older dump) leaves that part empty.
+        In place, so whoever holds this state (the driver, the observers) keeps holding the loaded one."""
+        self.trades.clear()
+        self.live.clear()
+        self.by_user.clear()
+        self.external_ids.clear()
+        for raw in data.get("trades", ()):
+            trade = _load_trade(raw)
+            self.trades[trade.id] = trade
+            if not trade.is_final:
+                self.live[trade.id] = trade
+            self.by_user.setdefault(trade.owner.steam_id, []).append(trade)
+            if trade.external_id is not None:
+                self.external_ids[trade.external_id] = trade.id
+        self.market_generations = {
+            int(game): {int(slot): int(count) for slot, count in slots.items()}
+            for game, slots in data.get("marketGenerations", {}).items()
+        }
+        self.price_overrides = {k: Decimal(v) for k, v in data.get("priceOverrides", {}).items()}
+        self.collateral_overrides = {k: Decimal(v) for k, v in data.get("collateralOverrides", {}).items()}
+        self.profiles = Profiles.load(data.get("profiles", {}), self.profiles.policy)
+        self.inventory_fetched = {
+            (steam_id, int(game)): datetime.fromisoformat(at) for steam_id, game, at in data.get("inventoryFetched", ())
+        }
+        self.events = [load_event(raw) for raw in data.get("events", ())]
+
 
 def trade_body(trade: SimTrade) -> bytes:
     """The callback body for the trade as it is now: `{"trade": Trade}`, compact, money as JSON numbers."""
@@ -599,3 +664,128 @@ def _refused(item: SimItem, reason: str) -> dict[str, Any]:
     if item.external_id is not None:
         outcome["externalId"] = item.external_id
     return outcome
+
+
+# -- the JSON form of trades and events (SandboxState.dump/load) -------------------------------------------------
+
+
+def _time(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()  # full precision, unlike the wire's milliseconds
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _dump_item(item: SimItem) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "assetId": item.asset_id,
+        "appid": item.appid,
+        "name": item.name,
+        "marketHashName": item.market_hash_name,
+        "type": item.type,
+        "iconUrl": item.icon_url,
+        "price": str(item.price),
+        "amount": item.amount,
+        "externalId": item.external_id,
+        "status": item.status,
+        "error": item.error,
+    }
+
+
+def _load_item(raw: Mapping[str, Any]) -> SimItem:
+    return SimItem(
+        id=raw["id"],
+        asset_id=raw["assetId"],
+        appid=raw["appid"],
+        name=raw["name"],
+        market_hash_name=raw["marketHashName"],
+        type=raw["type"],
+        icon_url=raw["iconUrl"],
+        price=Decimal(raw["price"]),
+        amount=raw["amount"],
+        external_id=raw.get("externalId"),
+        status=raw.get("status"),
+        error=raw.get("error"),
+    )
+
+
+def _dump_trade(trade: SimTrade) -> dict[str, Any]:
+    owner = trade.owner
+    return {
+        "id": trade.id,
+        "type": trade.type,
+        "owner": {
+            "merchantId": owner.merchant_id,
+            "steamId": owner.steam_id,
+            "tradeUrl": owner.trade_url,
+            "clientId": owner.client_id,
+            # As it came over the wire: JSON text keeps its numbers exact (Decimal in, Decimal out).
+            "clientData": dumps(owner.client_data).decode(),
+        },
+        "game": trade.game,
+        "items": [_dump_item(item) for item in trade.items],
+        "totalPrice": str(trade.total_price),
+        "preCredit": str(trade.pre_credit),
+        "isInstant": trade.is_instant,
+        "createdAt": _time(trade.created_at),
+        "updatedAt": _time(trade.updated_at),
+        "status": trade.status,
+        "externalId": trade.external_id,
+        "offerId": trade.offer_id,
+        "activeAt": _time(trade.active_at),
+        "holdEndDate": _time(trade.hold_end_date),
+        "autoCancelAt": _time(trade.auto_cancel_at),
+        "revertedBy": trade.reverted_by,
+        "error": trade.error,
+        "dueAt": _time(trade.due_at),
+        "approvalAttempts": trade.approval_attempts,
+        "approved": trade.approved,
+        "collateralProvider": str(trade.collateral_provider),
+        "collateralMerchant": str(trade.collateral_merchant),
+    }
+
+
+def _load_trade(raw: Mapping[str, Any]) -> SimTrade:
+    owner = raw["owner"]
+    return SimTrade(
+        id=raw["id"],
+        type=raw["type"],
+        owner=ClientIdentity(
+            merchant_id=owner["merchantId"],
+            steam_id=owner["steamId"],
+            trade_url=owner["tradeUrl"],
+            client_id=owner.get("clientId"),
+            client_data=json.loads(owner.get("clientData") or "{}", parse_float=Decimal),
+        ),
+        game=raw["game"],
+        items=[_load_item(item) for item in raw["items"]],
+        total_price=Decimal(raw["totalPrice"]),
+        pre_credit=Decimal(raw["preCredit"]),
+        is_instant=raw["isInstant"],
+        created_at=datetime.fromisoformat(raw["createdAt"]),
+        updated_at=datetime.fromisoformat(raw["updatedAt"]),
+        status=raw["status"],
+        external_id=raw.get("externalId"),
+        offer_id=raw.get("offerId"),
+        active_at=_parse_time(raw.get("activeAt")),
+        hold_end_date=_parse_time(raw.get("holdEndDate")),
+        auto_cancel_at=_parse_time(raw.get("autoCancelAt")),
+        reverted_by=raw.get("revertedBy"),
+        error=raw.get("error"),
+        due_at=_parse_time(raw.get("dueAt")),
+        approval_attempts=raw.get("approvalAttempts", 0),
+        approved=raw.get("approved", False),
+        collateral_provider=Decimal(raw.get("collateralProvider", 0)),
+        collateral_merchant=Decimal(raw.get("collateralMerchant", 0)),
+    )
+
+
+def dump_event(event: Event) -> dict[str, Any]:
+    """An event's JSON form; the body is kept as its exact bytes (UTF-8 JSON), so a resend is byte-identical."""
+    return {"tradeId": event.trade_id, "status": event.status, "body": event.body.decode()}
+
+
+def load_event(raw: Mapping[str, Any]) -> Event:
+    return Event(raw["tradeId"], raw["status"], raw["body"].encode())

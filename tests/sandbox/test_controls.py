@@ -189,10 +189,12 @@ async def test_collateral_and_price_knobs(api: httpx.AsyncClient) -> None:
     headers = await client_token(api)
     set_it = await api.put(f"/_sandbox/collateral/{STEAM_ID}", content=dumps({"collateral": Decimal("1000")}))
     assert data(set_it) == {"steamId": STEAM_ID, "collateral": 1000}
-    assert data(await api.get("/client/inventory", headers=headers))["collateral"] == 1000
+    # The override replaces the provider collateral, not the per-deposit cap ($50 unverified).
+    assert data(await api.get("/client/inventory", headers=headers))["collateral"] == 50
     items = await depositable(api, headers)
     trade = data(await deposit(api, headers, items[-1:], isInstant=True))
-    assert trade["preCredit"] == min(Decimal(1000), trade["totalPrice"])
+    assert trade["preCredit"] == min(Decimal(50), trade["totalPrice"])
+    assert data(await api.get(f"/_sandbox/users/{STEAM_ID}"))["providerCollateral"] == 1000
     await api.delete(f"/_sandbox/collateral/{STEAM_ID}")
     assert data(await api.get("/client/inventory", headers=headers))["collateral"] == 0  # 25 less the exposure
 

@@ -66,6 +66,21 @@ _UPSTREAM: dict[str, tuple[int, str, str]] = {
     ErrorKey.MERCHANT_BALANCE_LOW: (503, "WITHDRAWALS_UNAVAILABLE", "Withdrawals are unavailable right now"),
     ErrorKey.SYSTEM_MAINTENANCE: (503, "MAINTENANCE", "AssetPay is under maintenance; try again later"),
     ErrorKey.NOT_FOUND: (404, "NOT_FOUND", "AssetPay does not know this"),
+    # Identity verification. A process in progress is a state to resume (GET /v1/verification has its captureUrl),
+    # not a flood of requests: 409, with AssetPay's Retry-After passed on when it sends one.
+    ErrorKey.VERIFICATION_ALREADY_VERIFIED: (409, "VERIFICATION_ALREADY_VERIFIED", "The account is already verified"),
+    ErrorKey.VERIFICATION_IN_PROGRESS: (
+        409,
+        "VERIFICATION_IN_PROGRESS",
+        "A verification started in the last 30 minutes is still open; continue it or try again later",
+    ),
+    ErrorKey.VERIFICATION_NOT_AVAILABLE: (503, "VERIFICATION_NOT_AVAILABLE", "Identity verification is unavailable"),
+    ErrorKey.VERIFICATION_IDENTITY_NOT_FOUND: (
+        404,
+        "VERIFICATION_IDENTITY_NOT_FOUND",
+        "No verified identity has this account's email; verify with POST /v1/verification/start",
+    ),
+    ErrorKey.VERIFICATION_LINK_REFUSED: (409, "VERIFICATION_LINK_REFUSED", "AssetPay refused the link: {fields}"),
     ErrorKey.TIMEOUT: (504, "UPSTREAM_TIMEOUT", "AssetPay did not answer in time"),
     ErrorKey.NETWORK_ERROR: (502, "UPSTREAM_UNAVAILABLE", "AssetPay could not be reached"),
     ErrorKey.UNEXPECTED_RESPONSE: (502, "UPSTREAM_INVALID_RESPONSE", "AssetPay gave an answer we cannot read"),

@@ -7,6 +7,9 @@
               {"type": "resync", "id": null, "data": {}}          refetch your views: what you missed is gone
     client    {"type": "ping"}  →  {"type": "pong", "id": null, "data": {}}
 
+Handshake: a browser page whose `Origin` is neither the server's own nor listed in CORS_ORIGINS is refused with
+HTTP 403 before the socket opens (`api/cors.py`); a client that sends no `Origin` is not a browser page.
+
 Close codes: 4401 bad, missing or expired token (nothing else is sent); 4400 a `since` that is not a number;
 4408 the client fell behind (after `resync`); 4429 too many connections for this user; 1013 the database is
 unavailable (reconnect shortly). The server also sends WebSocket ping frames (uvicorn's, every 20 s), so a dead

@@ -154,6 +154,7 @@ class EntryKind(StrEnum):
     REVERSAL = "reversal"  # taking back a deposit's credit (reverted, or a late correction)
     DEBIT = "debit"  # a withdrawal's charge, posted before we approve it
     REFUND = "refund"  # a withdrawal's charge given back (failed items, a lower final price)
+    ADJUSTMENT = "adjustment"  # an operator's correction, not tied to a trade (reason and actor recorded)
 
 
 def entry_kind(trade_type: TradeType, status: Status, delta: Decimal) -> EntryKind:
@@ -162,6 +163,18 @@ def entry_kind(trade_type: TradeType, status: Status, delta: Decimal) -> EntryKi
     if delta < 0:
         return EntryKind.REVERSAL
     return EntryKind.PRE_CREDIT if status is Status.HOLD else EntryKind.CREDIT
+
+
+ADJUSTMENT_LIMIT = Decimal(1_000_000)
+"""An adjustment moves less than this either way: a slip of a few zeros must not reach the books."""
+ADJUSTMENT_SCALE = 2
+"""Adjustments are whole cents: an operator types an amount, never a sub-cent remainder."""
+
+
+def adjustment_allowed(*, available: Decimal, amount: Decimal, allow_debt: bool) -> bool:
+    """Whether an operator's adjustment may be posted: a credit always; a charge only when it leaves the user's
+    available balance at zero or above, unless the operator says the debt is intended."""
+    return amount > 0 or allow_debt or available + amount >= 0
 
 
 class VerdictAction(StrEnum):

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import random
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,11 +49,16 @@ from assetpay_merchant.core.vocabulary import (
 )
 from assetpay_merchant.gateway.errors import REFUSAL_KEYS, AssetPayError, ErrorKey, OutcomeUnknown, invalid
 from assetpay_merchant.gateway.models import (
+    EMAIL_PATTERN,
+    MAX_EMAIL_LENGTH,
     CancelResult,
     DepositItem,
     Inventory,
     MarketPage,
     Trade,
+    VerificationLinked,
+    VerificationStarted,
+    VerificationStatus,
     WithdrawItem,
 )
 from assetpay_merchant.gateway.tokens import (
@@ -310,6 +316,58 @@ class AssetPayClient:
     async def find_trade(self, ref: str) -> Trade | None:
         """One trade by AssetPay id or by our externalId; None when AssetPay does not know it."""
         return next((t for t in await self.get_trades([ref]) if ref in (t.id, t.external_id)), None)
+
+    # -- identity verification ------------------------------------------------------------------------------------
+    #
+    # No money rides on these: an answer lost on a start or a link is a plain failure (never OutcomeUnknown), and
+    # the status read shows what happened. The two writes are not retried, since a start that went through answers
+    # a second one with VERIFICATION_IN_PROGRESS.
+
+    async def verification_status(self, user: ClientIdentity) -> VerificationStatus:
+        """The user's verification level, the email linking goes by, the latest process and the linked identity."""
+        answer = await self._call(
+            "verification_status", "GET", "/client/verification/status", user=user, idempotent=True
+        )
+        return self._parse(VerificationStatus, answer)
+
+    async def start_verification(self, user: ClientIdentity, *, email: str | None = None) -> VerificationStarted:
+        """Start a PictureID verification: the user opens `capture_url`. `email`, when given, is stored for linking
+        other accounts of the same person later. One process per user per 30 minutes (VERIFICATION_IN_PROGRESS)."""
+        body: dict[str, Any] = {}
+        if email is not None:
+            if not isinstance(email, str) or len(email) > MAX_EMAIL_LENGTH or not _EMAIL.fullmatch(email):
+                raise invalid({"email": f"must be an email address of at most {MAX_EMAIL_LENGTH} characters"})
+            body["email"] = email
+        answer = await self._verification_write(
+            "start_verification", "/client/verification/start", user, content=_dumps(body)
+        )
+        return self._parse(VerificationStarted, answer)
+
+    async def link_verification(self, user: ClientIdentity) -> VerificationLinked:
+        """Link the account to the verified identity with the same email (set by a start): level 1 at once.
+
+        AssetPay documents the refusals (no email on the account, no matching identity, a banned identity, too many
+        linked accounts) but not their keys; a refusal whose key this client does not know is named by its status:
+        404 is VERIFICATION_IDENTITY_NOT_FOUND, 400/409/422 VERIFICATION_LINK_REFUSED (AssetPay's key kept in the
+        message).
+        """
+        await self.client_token(user)  # a refusal to issue the token is not one to link: get it out of the way first
+        try:
+            answer = await self._verification_write("link_verification", "/client/verification/link", user)
+        except AssetPayError as error:
+            refusal = _link_refusal(error)
+            if refusal is None:
+                raise
+            raise refusal from error
+        return self._parse(VerificationLinked, answer)
+
+    async def _verification_write(
+        self, operation: str, path: str, user: ClientIdentity, *, content: bytes | None = None
+    ) -> _Answer:
+        try:
+            return await self._call(operation, "POST", path, user=user, content=content, idempotent=False)
+        except OutcomeUnknown as lost:
+            raise _reissued(lost) from lost
 
     # -- writes ---------------------------------------------------------------------------------------------------
 
@@ -669,6 +727,38 @@ class AssetPayClient:
             )
             message = f"AssetPay answered with an unexpected {model.__name__}: {problems}"
             raise self._unexpected(message, answer.request_id) from None
+
+
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+_LINK_REFUSAL_STATUSES = frozenset({400, 404, 409, 422})
+
+
+def _reissued(error: AssetPayError, *, key: str | None = None, message: str | None = None) -> AssetPayError:
+    """The same failure as a plain AssetPayError, renamed when `key` is given."""
+    return AssetPayError(
+        key or error.key,
+        message or error.message,
+        status=error.status,
+        code=error.code,
+        fields=error.fields,
+        details=error.details,
+        request_id=error.request_id,
+        retry_after=error.retry_after,
+    )
+
+
+def _link_refusal(error: AssetPayError) -> AssetPayError | None:
+    """A refusal to link, named by its status (see `link_verification`); None for any other failure."""
+    if error.status not in _LINK_REFUSAL_STATUSES or error.key == ErrorKey.UNEXPECTED_RESPONSE:
+        return None  # not a refusal AssetPay explained (a bare 404 means a wrong base URL)
+    if error.status == 404:
+        key = ErrorKey.VERIFICATION_IDENTITY_NOT_FOUND  # the one reason the document gives for a 404 on link
+    elif error.key in set(ErrorKey):
+        return None  # a key we know already says what happened (VALIDATION_FAILED, RATE_LIMITED, ...)
+    else:
+        key = ErrorKey.VERIFICATION_LINK_REFUSED
+    return _reissued(error, key=key, message=f"{error.message} ({error.key})")
 
 
 def _trade_or_none(data: Any) -> Trade | None:

@@ -2,7 +2,8 @@
 
 Branch on `key`, never on `message`. Keys AssetPay sends come through unchanged; the client adds a few of its own for
 what happens before or around a response (`NETWORK_ERROR`, `TIMEOUT`, `UNEXPECTED_RESPONSE`, `NOT_CONFIGURED`, and
-`VALIDATION_FAILED` for input refused before any request).
+`VALIDATION_FAILED` for input refused before any request), and names the refusals of a verification link, for which
+AssetPay documents statuses but no keys.
 """
 
 from __future__ import annotations
@@ -34,11 +35,19 @@ class ErrorKey(StrEnum):
     FLEET_DEGRADED = "FLEET_DEGRADED"
     DEPOSIT_IN_PROGRESS = "DEPOSIT_IN_PROGRESS"
     WITHDRAW_IN_PROGRESS = "WITHDRAW_IN_PROGRESS"
+    # AssetPay's keys of identity verification (POST /client/verification/start)
+    VERIFICATION_ALREADY_VERIFIED = "VERIFICATION_ALREADY_VERIFIED"
+    VERIFICATION_IN_PROGRESS = "VERIFICATION_IN_PROGRESS"
+    VERIFICATION_NOT_AVAILABLE = "VERIFICATION_NOT_AVAILABLE"
     # The client's own
     NETWORK_ERROR = "NETWORK_ERROR"
     TIMEOUT = "TIMEOUT"
     UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
     NOT_CONFIGURED = "NOT_CONFIGURED"
+    # AssetPay documents no keys for its refusals to link a verified identity, only its statuses (404: no verified
+    # identity has the account's email); `link_verification` names them by status with these.
+    VERIFICATION_IDENTITY_NOT_FOUND = "VERIFICATION_IDENTITY_NOT_FOUND"
+    VERIFICATION_LINK_REFUSED = "VERIFICATION_LINK_REFUSED"
 
 
 REFUSAL_KEYS = frozenset({ErrorKey.FLEET_DEGRADED, ErrorKey.DEPOSIT_IN_PROGRESS, ErrorKey.WITHDRAW_IN_PROGRESS})

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from assetpay_merchant.core import policy
-from assetpay_merchant.gateway.callbacks import Callback, CallbackKind, InvalidTrade
+from assetpay_merchant.gateway.callbacks import Callback, CallbackKind, InvalidJSON, InvalidTrade, classify, decode_json
 from assetpay_merchant.gateway.signature import SignedDelivery
 from assetpay_merchant.observability import WEBHOOK_DELIVERIES
 from assetpay_merchant.services import settlement
 from assetpay_merchant.services.settlement import Source
-from assetpay_merchant.store import approvals, deliveries, trades
+from assetpay_merchant.store import approvals, deliveries, delivery_log, trades
 from assetpay_merchant.store.database import Database, UnitOfWork
+from assetpay_merchant.store.delivery_log import StoredDelivery
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,19 @@ async def _handle(uow: UnitOfWork, delivery: SignedDelivery, raw: bytes, callbac
     row_id = await _record(uow, delivery, raw, kind=callback.kind.value, subject_id=callback.subject_id)
     if row_id is None and not _asks_for_verdict(callback):
         return IntakeResult({**RECEIVED, "duplicate": True}, "duplicate")
+    result = await _route(uow, callback, delivery_id=delivery.delivery_id)
+    if row_id is not None:
+        await _set_outcome(uow, row_id, result)
+    return result
 
+
+async def _set_outcome(uow: UnitOfWork, row_id: int, result: IntakeResult) -> None:
+    trade_id = result.settled.trade.id if result.settled is not None else None
+    await deliveries.set_outcome(uow.db, row_id, outcome=result.outcome, trade_id=trade_id)
+
+
+async def _route(uow: UnitOfWork, callback: Callback, *, delivery_id: str) -> IntakeResult:
+    """What a recorded callback does, by kind: trade events and approvals go through the settlement path."""
     if callback.trade is not None:  # a trade event, or (withdraw + initiated) an approval
         asks = callback.kind is CallbackKind.APPROVAL
         settled = await settlement.apply(uow, callback.trade, source=Source.CALLBACK, decide_approval=asks)
@@ -101,13 +114,38 @@ async def _handle(uow: UnitOfWork, delivery: SignedDelivery, raw: bytes, callbac
         result = IntakeResult(verdict_body(verdict), verdict.action.value)
     else:
         if callback.kind is CallbackKind.UNKNOWN:
-            log.warning("unknown callback %s stored without action", delivery.delivery_id)
+            log.warning("unknown callback %s stored without action", delivery_id)
         result = IntakeResult(RECEIVED, "stored")
-
-    if row_id is not None:
-        trade_id = result.settled.trade.id if result.settled is not None else None
-        await deliveries.set_outcome(uow.db, row_id, outcome=result.outcome, trade_id=trade_id)
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class Replayed:
+    """What replaying a stored callback did: `result` as receiving it now would have answered, or (it still does
+    not validate) `refused` saying why."""
+
+    delivery: StoredDelivery
+    result: IntakeResult | None = None
+    refused: str | None = None
+
+
+async def replay(database: Database, delivery_id: str) -> Replayed | None:
+    """Apply a stored callback again, through the same routing and settlement path as `receive` (its signature was
+    checked when it arrived). What was applied changes nothing: the settlement posts `target - posted`, and a
+    withdrawal's verdict is the stored one. A callback refused as invalid is read again and, when it now
+    validates, applied, and its recorded outcome updated. None: no delivery has this id."""
+    async with database.unit_of_work() as uow:
+        stored = await delivery_log.find(uow.db, delivery_id, lock=True)  # one replay of it at a time
+        if stored is None:
+            return None
+        try:
+            callback = classify(decode_json(stored.raw_body.encode()))
+        except (InvalidTrade, InvalidJSON) as error:
+            return Replayed(stored, refused=error.message if isinstance(error, InvalidTrade) else str(error))
+        result = await _route(uow, callback, delivery_id=delivery_id)
+        if stored.outcome == delivery_log.INVALID:
+            await _set_outcome(uow, stored.id, result)
+    return Replayed(stored, result)
 
 
 async def _crypto_verdict(uow: UnitOfWork, callback: Callback) -> policy.Verdict:

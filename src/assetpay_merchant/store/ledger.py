@@ -1,13 +1,15 @@
 """The ledger's tables on the money path: posting entries with the cached balance, and checking the books.
 
-`post` is the only code that writes ledger entries and balances; the settlement service is its caller, inside a
-unit of work that holds the trade's row lock.
+`_append` is the only code that writes ledger entries and balances. It has two entry points: `post`, for a
+trade's entries, whose one caller is the settlement service (inside a unit of work that holds the trade's row
+lock), and `post_adjustment`, for an operator's correction that belongs to no trade (services/adjustments.py).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from assetpay_merchant.core import policy
@@ -25,6 +27,8 @@ class Posting:
     amount: Decimal
     kind: policy.EntryKind
     balance_after: Decimal
+    id: int
+    created_at: datetime
 
 
 async def ensure_balance(db: Connection, user_id: str) -> None:
@@ -43,20 +47,40 @@ _POST = """
 WITH moved AS (
     UPDATE balances SET available = available + $2, updated_at = now() WHERE user_id = $1 RETURNING available
 )
-INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
-SELECT $1, $3, $2, $4, available FROM moved
-RETURNING balance_after
+INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after, reason, actor)
+SELECT $1, $3, $2, $4, available, $5, $6 FROM moved
+RETURNING balance_after, id, created_at
 """
 
 
 async def post(
     db: Connection, *, user_id: str, trade_id: uuid.UUID | None, amount: Decimal, kind: policy.EntryKind
 ) -> Posting:
-    """Append one entry and move the cached balance by the same amount, in one statement."""
-    balance_after: Decimal | None = await db.fetchval(_POST, user_id, amount, trade_id, kind.value)
-    if balance_after is None:
+    """Append one entry of a trade and move the cached balance by the same amount, in one statement."""
+    return await _append(db, user_id=user_id, trade_id=trade_id, amount=amount, kind=kind)
+
+
+async def post_adjustment(db: Connection, *, user_id: str, amount: Decimal, reason: str, actor: str) -> Posting:
+    """Append an operator's adjustment (no trade; why and who recorded with it) and move the cached balance."""
+    return await _append(
+        db, user_id=user_id, trade_id=None, amount=amount, kind=policy.EntryKind.ADJUSTMENT, reason=reason, actor=actor
+    )
+
+
+async def _append(
+    db: Connection,
+    *,
+    user_id: str,
+    trade_id: uuid.UUID | None,
+    amount: Decimal,
+    kind: policy.EntryKind,
+    reason: str | None = None,
+    actor: str | None = None,
+) -> Posting:
+    record = await db.fetchrow(_POST, user_id, amount, trade_id, kind.value, reason, actor)
+    if record is None:
         raise LookupError(f"user {user_id!r} has no balance row")
-    return Posting(user_id, trade_id, amount, kind, balance_after)
+    return Posting(user_id, trade_id, amount, kind, record["balance_after"], record["id"], record["created_at"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ from assetpay_merchant.core.vocabulary import MAX_EXTERNAL_ID_LENGTH, MAX_USER_I
 from assetpay_merchant.store.base import Base, MoneyColumn
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_ACTOR_LENGTH = 128
 
 
 class User(Base):
@@ -99,6 +100,29 @@ class Trade(Base):
     )
 
 
+TRADE_HISTORY_ACTIONS = ("resolved",)
+
+
+class TradeHistory(Base):
+    """What people did about a trade (taking it off the review queue, with their note). Append-only: a trigger
+    refuses UPDATE and DELETE, so the record of who decided what, and why, is never erased."""
+
+    __tablename__ = "trade_history"
+    __table_args__ = (
+        CheckConstraint(f"action IN ({', '.join(repr(a) for a in TRADE_HISTORY_ACTIONS)})", name="action_known"),
+        Index("ix_trade_history_trade_id_id", "trade_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    trade_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("trades.id"))
+    action: Mapped[str] = mapped_column(String(16))
+    note: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(MAX_ACTOR_LENGTH))
+    review_reason: Mapped[str | None] = mapped_column(Text)
+    """What the trade was flagged for when this was done."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class LedgerEntry(Base):
     """One movement of a user's money. Append-only: a trigger refuses UPDATE and DELETE."""
 
@@ -106,6 +130,11 @@ class LedgerEntry(Base):
     __table_args__ = (
         CheckConstraint("amount <> 0", name="amount_nonzero"),
         CheckConstraint(f"kind IN ({', '.join(repr(k.value) for k in EntryKind)})", name="kind_known"),
+        # An adjustment says why and who; it belongs to no trade (a trade's entries are settlement's alone).
+        CheckConstraint(
+            "kind <> 'adjustment' OR (reason IS NOT NULL AND actor IS NOT NULL AND trade_id IS NULL)",
+            name="adjustment_accounted",
+        ),
         Index("ix_ledger_entries_user_id_id", "user_id", text("id DESC")),
     )
 
@@ -115,6 +144,10 @@ class LedgerEntry(Base):
     amount: Mapped[Decimal] = mapped_column(MoneyColumn)
     kind: Mapped[str] = mapped_column(String(16))
     balance_after: Mapped[Decimal] = mapped_column(MoneyColumn)
+    reason: Mapped[str | None] = mapped_column(Text)
+    """Why an operator posted an adjustment (NULL on the entries trades post: their trade says why)."""
+    actor: Mapped[str | None] = mapped_column(String(MAX_ACTOR_LENGTH))
+    """Who posted an adjustment (the X-Actor of the request, or the CLI's --actor)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
