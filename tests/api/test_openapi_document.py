@@ -38,6 +38,12 @@ STATUSES = {
     ("POST", "/v1/deposits"): {201, 401, 404, 409, 422, 429, 502, 503, 504},
     ("POST", "/v1/withdrawals"): {201, 401, 402, 404, 409, 422, 429, 502, 503, 504},
     ("POST", "/v1/withdrawals/{trade_id}/cancel"): {200, 401, 404, 409, 422, 429, 502, 503, 504},
+    ("GET", "/v1/admin/trades"): {200, 401, 403, 422, 503},
+    ("GET", "/v1/admin/trades/{trade_id}"): {200, 401, 403, 404, 422, 503},
+    ("POST", "/v1/admin/trades/{trade_id}/resolve"): {200, 401, 403, 404, 409, 422, 503},
+    ("POST", "/v1/admin/adjustments"): {201, 401, 402, 403, 404, 409, 422, 503},
+    ("GET", "/v1/admin/exposure"): {200, 401, 403, 503},
+    ("GET", "/v1/admin/users/{user_id}"): {200, 401, 403, 404, 422, 503},
     ("GET", "/healthz"): {200},
     ("GET", "/readyz"): {200, 503},
     ("GET", "/metrics"): {200},
@@ -84,8 +90,11 @@ def test_every_protected_route_documents_401_and_the_admin_route_403(document: d
     for key, operation in operations(document).items():
         if operation.get("security"):
             assert "401" in operation["responses"], key
-    assert operations(document)[("PUT", "/v1/users/{user_id}")]["security"] == [{"APIKeyHeader": []}]
-    assert "403" in operations(document)[("PUT", "/v1/users/{user_id}")]["responses"]
+    admin_routes = [key for key in operations(document) if key[1] == "/v1/users/{user_id}" or "/admin/" in key[1]]
+    assert len(admin_routes) == 7
+    for key in admin_routes:
+        assert operations(document)[key]["security"] == [{"APIKeyHeader": []}], key
+        assert "403" in operations(document)[key]["responses"], key
 
 
 def test_retry_after_is_documented_where_it_may_be_sent(document: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -99,14 +98,13 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
         await context.close()
 
 
+MINUS = "\N{MINUS SIGN}"
+
+
 def shown(amount: Decimal) -> str:
-    """An amount as the page shows it: "$1,234.50", "−$5.00"."""
+    """An amount as the page shows it: "$1,234.50", and a negative one with a minus sign (U+2212)."""
     whole, _, fraction = format_money(abs(amount)).partition(".")
-    return f"{'−' if amount < 0 else ''}${int(whole):,}.{fraction}"
-
-
-def unique(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
+    return f"{MINUS if amount < 0 else ''}${int(whole):,}.{fraction}"
 
 
 class Api:
@@ -172,7 +170,7 @@ def accepted(inventory: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def test_a_deposit_is_estimated_then_credited_live(page: Page, dev: DevServer, api_for: Any, screenshots: Path):
-    user = unique("bob")
+    user = "bob"  # each test its own user: the module's dev process and database are fresh, so runs repeat
     await sign_in(page, dev, user, "bob")
     api = api_for(user)
     navigations: list[str] = []
@@ -241,7 +239,7 @@ async def test_a_deposit_is_estimated_then_credited_live(page: Page, dev: DevSer
 
 
 async def test_a_withdrawal_from_the_market(page: Page, dev: DevServer, api_for: Any, screenshots: Path):
-    user = unique("alice")
+    user = "alice"
     await sign_in(page, dev, user, "alice")
     api = api_for(user)
 
@@ -272,7 +270,9 @@ async def test_a_withdrawal_from_the_market(page: Page, dev: DevServer, api_for:
     await page.click("#market-form button[type=submit]")
     await expect(page.locator("#market-page")).to_contain_text("Page 1 of", timeout=WAIT_MS)
     prices = [Decimal(p) for p in await rows.evaluate_all("rows => rows.map(row => row.dataset.price)")]
-    assert prices and all(price <= 5 for price in prices) and prices == sorted(prices)
+    assert prices
+    assert all(price <= 5 for price in prices)
+    assert prices == sorted(prices)
     await rows.first.locator("button.buy").click()
     notice = page.locator("#notice")
     await expect(notice).to_contain_text("INSUFFICIENT_BALANCE", timeout=WAIT_MS)
@@ -316,13 +316,14 @@ async def test_a_withdrawal_from_the_market(page: Page, dev: DevServer, api_for:
 
 
 async def test_a_reversal_after_spending_leaves_a_debt(page: Page, dev: DevServer, api_for: Any, screenshots: Path):
-    user = unique("carol")
+    user = "carol"
     await sign_in(page, dev, user, "carol")
     api = api_for(user)
 
     inventory = await api.get("/v1/inventory", game=730, limit=100)
     item = max(accepted(inventory), key=lambda item: Decimal(item["price"]))
     pre_credit = min(Decimal(item["price"]), Decimal(inventory["collateral"]))
+    assert pre_credit > 0, "carol is verified: she gets instant credit"
     card = await deposit(page, [item])
     await step_to(card, "active")
     await step_to(card, "hold")
@@ -331,6 +332,7 @@ async def test_a_reversal_after_spending_leaves_a_debt(page: Page, dev: DevServe
 
     # Spend the instant credit on the dearest listing it covers.
     market = await api.get("/v1/market", game=730, sort="priceDesc", maxPrice=str(pre_credit), perPage=10)
+    assert market["items"], "a listing the instant credit covers"
     listing = market["items"][0]
     price = Decimal(listing["price"])
     await page.fill("#market-max", str(pre_credit))
@@ -395,12 +397,15 @@ async def dev_app(database_url: str) -> AsyncIterator[httpx.AsyncClient]:
 
 async def test_dev_serves_the_page_and_only_the_page(dev_app: httpx.AsyncClient):
     redirected = await dev_app.get("/demo")
-    assert redirected.status_code in (307, 308) and redirected.headers["location"].endswith("/demo/")
+    assert redirected.status_code in (307, 308)
+    assert redirected.headers["location"].endswith("/demo/")
     index = await dev_app.get("/demo/")
-    assert index.status_code == 200 and index.headers["content-type"].startswith("text/html")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="app.js">' in index.text
     script = await dev_app.get("/demo/app.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert script.status_code == 200
+    assert "javascript" in script.headers["content-type"]
     assert (await dev_app.get("/demo/style.css")).headers["content-type"].startswith("text/css")
     for hidden in ("/demo/app.py", "/demo/__init__.py", "/demo/../app.py"):
         assert (await dev_app.get(hidden)).status_code == 404, hidden
@@ -416,11 +421,13 @@ async def test_the_demo_platform_registers_verifies_and_mints(dev_app: httpx.Asy
     steam_id, _ = demo_steam_account("dana")
     assert (session["userId"], session["steamId"]) == ("dana", steam_id)
     claims = jwt.decode(session["token"], DEV_AUTH_JWT_SECRET, algorithms=["HS256"])
-    assert claims["sub"] == "dana" and claims["exp"] > time.time()
+    assert claims["sub"] == "dana"
+    assert claims["exp"] > time.time()
 
     bearer = {"Authorization": f"Bearer {session['token']}"}
     me = await dev_app.get("/v1/me", headers=bearer)
-    assert me.status_code == 200 and me.json()["steamId"] == steam_id
+    assert me.status_code == 200
+    assert me.json()["steamId"] == steam_id
     profile = await dev_app.get(f"/sandbox/_sandbox/users/{steam_id}")
     assert profile.status_code == 200, profile.text
     assert '"verificationLevel":1' in profile.text
@@ -434,10 +441,12 @@ async def test_the_demo_platform_answers_errors_in_the_api_shape(dev_app: httpx.
     bad_id = await dev_app.post("/demo/api/session", json={"userId": "no spaces", "verificationLevel": 2})
     assert bad_id.status_code == 422
     error = bad_id.json()["error"]
-    assert error["key"] == "VALIDATION_FAILED" and set(error["fields"]) == {"userId", "verificationLevel"}
+    assert error["key"] == "VALIDATION_FAILED"
+    assert set(error["fields"]) == {"userId", "verificationLevel"}
 
     refused = await dev_app.post("/demo/api/session", json={"userId": "erin", "clientData": {"kycLevel": -1}})
     assert refused.status_code == 422
     error = refused.json()["error"]
-    assert error["key"] == "VALIDATION_FAILED" and "clientData.kycLevel" in error["fields"]
+    assert error["key"] == "VALIDATION_FAILED"
+    assert "clientData.kycLevel" in error["fields"]
     assert error["message"].startswith("Registering the user failed")

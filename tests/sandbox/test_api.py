@@ -281,7 +281,7 @@ async def test_inventory_reports_collateral_from_client_data(api: httpx.AsyncCli
     rich = data(await api.get("/client/inventory", headers=trusted))
     assert plain["collateral"] == Decimal("25.00")  # a new user's floor (docs/instant-credit.md)
     assert rich["collateral"] == Decimal("50.00")  # the unverified per-deposit cap
-    # Under the cap: 10,000 × 0.4 × (0.4·50,000/250,000 + 0.3 + 0.1 + 0.1 + 0.1) × trust 0.05
+    # Under the cap: 10,000 * 0.4 * (0.4 * 50,000/250,000 + 0.3 + 0.1 + 0.1 + 0.1) * trust 0.05
     profile = data(await api.get(f"/_sandbox/users/{STEAM_ID}"))
     assert profile["providerCollateral"] == Decimal("136.00")
 

@@ -22,6 +22,7 @@ from assetpay_merchant.store.database import driver_dsn
 from assetpay_sandbox import Sandbox, sandbox_of
 from assetpay_sandbox.catalog import RUST
 from assetpay_sandbox.chaos import ChaosSettings
+from assetpay_sandbox.credentials import SANDBOX_MERCHANT_ID
 from assetpay_sandbox.dev import create_dev_app, sandbox_clock
 from assetpay_sandbox.persistence import SCHEMA, SandboxStore
 from assetpay_sandbox.state import SandboxState, SimItem, SimTrade
@@ -59,10 +60,10 @@ async def sandbox_db(scratch: ScratchDatabases) -> str:
     return await scratch.create("assetpay_sandbox")
 
 
-async def _saved(url: str) -> dict[str, Any] | None:
+async def _saved(url: str, merchant_id: str = MERCHANT_ID) -> dict[str, Any] | None:
     connection = await asyncpg.connect(driver_dsn(url))
     try:
-        text = await connection.fetchval(f"SELECT data FROM {SCHEMA}.snapshots WHERE merchant_id = $1", MERCHANT_ID)
+        text = await connection.fetchval(f"SELECT data FROM {SCHEMA}.snapshots WHERE merchant_id = $1", merchant_id)
     finally:
         await connection.close()
     return None if text is None else json.loads(text)
@@ -172,7 +173,7 @@ async def test_every_field_survives_a_dump_and_load(
 async def test_a_restarted_sandbox_carries_on_where_it_stopped(
     make_app: Callable[..., FastAPI], receiver: Receiver, clock: Clock, sandbox_db: str
 ) -> None:
-    first = make_app(database_url=sandbox_db, hold_seconds=3600)
+    first = make_app(database_url=sandbox_db, hold_seconds=60)
     sandbox = sandbox_of(first)
     await sandbox.open()
     async with _api(first) as api:
@@ -185,14 +186,14 @@ async def test_a_restarted_sandbox_carries_on_where_it_stopped(
     assert waiting.event.status == "hold"
     await sandbox.stop()  # Ctrl-C: the final save
 
-    second = make_app(database_url=sandbox_db, hold_seconds=3600)
+    second = make_app(database_url=sandbox_db, hold_seconds=60)
     successor = sandbox_of(second)
     await successor.open()
     try:
         carried = successor.state.trades[trade["id"]]
         assert carried.status == "hold"
         assert [d.delivery_id for d in successor.outbox] == [waiting.delivery_id]
-        clock.advance(3600)
+        clock.advance(60)
         await successor.tick()  # the retry is due, and so is the end of the hold
         assert carried.status == "completed"
     finally:
@@ -274,7 +275,7 @@ async def test_dev_keeps_its_sandbox_and_runs_its_clock(
         overview = data(await http.get("/sandbox/_sandbox"))
         assert (overview["stepSeconds"], overview["holdSeconds"], overview["persistent"]) == (7, 11, True)
         data(await http.put("/sandbox/_sandbox/chaos", json={"seed": 12}))
-    saved = await _saved(sandbox_db)
+    saved = await _saved(sandbox_db, SANDBOX_MERCHANT_ID)
     assert saved is not None
     assert saved["chaos"]["seed"] == 12, "saved on the way out"
 

@@ -75,7 +75,8 @@ async def test_an_approved_verification_gives_level_one_and_an_identity(api: htt
     assert status["latestProcess"]["completedAt"] is not None
     identity = status["linkedIdentity"]
     assert identity["id"] == view["identity"]["id"]
-    assert identity["firstName"] and identity["lastName"]
+    assert identity["firstName"]
+    assert identity["lastName"]
     assert len(identity["documentCountry"]) == 3
     assert data(await api.get("/client/inventory", headers=headers))["collateral"] == 250  # the verified floor
 
@@ -136,7 +137,12 @@ async def test_verification_not_available(api: httpx.AsyncClient) -> None:
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"email": "not-an-email"}, "email"), ({"email": 7}, "email"), ({"mail": "pat@example.com"}, "mail"), ([], "body")],
+    [
+        ({"email": "not-an-email"}, "email"),
+        ({"email": 7}, "email"),
+        ({"mail": "pat@example.com"}, "mail"),
+        ([], "body"),
+    ],
 )
 async def test_start_validates_its_body(api: httpx.AsyncClient, body: Any, field: str) -> None:
     refused = await _start(api, await client_token(api), body)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from assetpay_merchant.store.tables import Base
+from assetpay_merchant.store.base import Base
 from tests.assetpay_respx import API_KEY, API_SECRET, AssetPay, Endpoint, register, rows, unchecked
 from tests.gateway.fake_assetpay import bare, fail, ok
 from tests.support import auth
@@ -494,6 +494,7 @@ async def test_the_routes_write_nothing_to_the_database(
 ) -> None:
     await register(client, "observer")
     before = await everything(engine)
+    assert {"users", "balances", "trades", "ledger_entries", "events"} <= set(before), "every table is compared"
     verify.status.reply(ok(status_data(email="o@example.com")))
     verify.start.reply(ok({"captureUrl": CAPTURE_URL, "dossierId": "d"}), fail(400, "VERIFICATION_IN_PROGRESS"))
     verify.link.reply(ok({"linked": True}), fail(404, "NOT_FOUND"))

@@ -130,8 +130,8 @@ async def adjust(database: Database, adjustment: Adjustment, *, key: str | None,
             available=available, amount=adjustment.amount, allow_debt=adjustment.allow_debt
         ):
             raise InsufficientBalance(
-                f"Taking {format_money(-adjustment.amount)} would leave the available {format_money(available)} below "
-                "zero; allow the debt (allowDebt, --allow-debt) if it is intended",
+                f"Taking {format_money(-adjustment.amount)} from an available balance of {format_money(available)} "
+                "would leave it below zero; allow the debt (allowDebt, --allow-debt) if it is intended",
                 key="INSUFFICIENT_BALANCE",
             )
         posting = await ledger.post_adjustment(

@@ -577,7 +577,8 @@ function loadLedger({ older = false } = {}) {
   return queueLedger(async () => {
     const cursor = older ? state.ledger.nextCursor : undefined;
     const page = await api("/v1/ledger", { query: { limit: ledgerLimit(), cursor } });
-    state.ledger = { entries: older ? [...state.ledger.entries, ...page.entries] : page.entries, nextCursor: page.nextCursor };
+    const entries = older ? [...state.ledger.entries, ...page.entries] : page.entries;
+    state.ledger = { entries, nextCursor: page.nextCursor };
     renderLedger();
   });
 }
@@ -612,7 +613,8 @@ function renderLedger() {
       h("td", { class: "muted" }, entry.tradeId ? entry.tradeId.slice(0, 8) : "–"),
     ),
   );
-  $("#ledger-entries").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 6 }, "Nothing yet."))]));
+  const empty = h("tr", {}, h("td", { colspan: 6 }, "Nothing yet."));
+  $("#ledger-entries").replaceChildren(...(rows.length ? rows : [empty]));
   $("#ledger-more").hidden = state.ledger.nextCursor === null;
 }
 
@@ -651,7 +653,8 @@ function sandboxControls(trade) {
     h("span", { class: "tag sandbox" }, "sandbox"),
     ...actions.map(([label, action, query]) => {
       const button = h("button", { type: "button", dataset: { action } }, label);
-      button.addEventListener("click", () => busy(button, () => sandbox(`/trades/${ref}/advance${query}`, { method: "POST" })));
+      const advance = () => sandbox(`/trades/${ref}/advance${query}`, { method: "POST" });
+      button.addEventListener("click", () => busy(button, advance));
       return button;
     }),
   );
@@ -707,7 +710,9 @@ function showError(error) {
     console.error(error);
     error = new ApiError(0, "UNEXPECTED", String(error?.message ?? error));
   }
-  const fields = Object.entries(error.fields ?? {}).map(([field, reason]) => h("li", {}, h("code", {}, field), ` ${reason}`));
+  const fields = Object.entries(error.fields ?? {}).map(([field, reason]) =>
+    h("li", {}, h("code", {}, field), ` ${reason}`),
+  );
   notice(
     "error",
     h("code", { class: "key" }, error.key),
@@ -770,7 +775,9 @@ $("#inventory-game").addEventListener("change", () => {
   state.selected.clear();
   loadInventory().catch(showError);
 });
-$("#inventory-refresh").addEventListener("click", (event) => busy(event.target, () => loadInventory({ refresh: true })));
+$("#inventory-refresh").addEventListener("click", (event) =>
+  busy(event.target, () => loadInventory({ refresh: true })),
+);
 $("#is-instant").addEventListener("change", renderEstimate);
 $("#deposit-button").addEventListener("click", (event) => busy(event.target, deposit).then(renderEstimate));
 $("#market-form").addEventListener("submit", (event) => {
