@@ -22,6 +22,7 @@ from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
+from assetpay_merchant.observability import redact_server_logs
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
@@ -169,6 +170,7 @@ def create_app(
     variable), unless `development` says these are `dev`'s own defaults. `assetpay_transport` and
     `lifespan_extension` let `dev` put its in-process sandbox where AssetPay would be."""
     settings = settings or Settings()
+    redact_server_logs()
     if not development:
         settings.require_safe()
     database_url = settings.require_database_url()

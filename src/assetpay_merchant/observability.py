@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -104,6 +105,29 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
+
+
+_QUERY_SECRET = re.compile(r"(?i)\b(token|apiKey|api-key)=[^&\s\"']+")
+
+
+class RedactQuerySecrets(logging.Filter):
+    """Blanks `token=` (and `apiKey=`) values in log lines: uvicorn logs every WebSocket handshake's URL at INFO,
+    and `/v1/ws?token=<JWT>` would put users' credentials in the logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_QUERY_SECRET.sub(r"\1=[redacted]", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _QUERY_SECRET.sub(r"\1=[redacted]", record.msg)
+        return True
+
+
+def redact_server_logs() -> None:
+    """Install `RedactQuerySecrets` on uvicorn's loggers (once; they live as long as the process)."""
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactQuerySecrets) for f in logger.filters):
+            logger.addFilter(RedactQuerySecrets())
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = False) -> None:

@@ -158,7 +158,6 @@ def test_a_restarted_sandbox_keeps_its_trades(tmp_path: Path, receiver: Callback
     with sandbox_process(tmp_path, *flags, "--hold-seconds", "3600") as base:
         kept = httpx.get(f"{base}/_sandbox/trades/{trade['id']}").json()["data"]
         assert kept["status"] == "hold"
-        assert kept["holdEndDate"] == httpx.get(f"{base}/_sandbox/trades/{trade['id']}").json()["data"]["holdEndDate"]
         moved = httpx.post(f"{base}/_sandbox/trades/{trade['id']}/advance", params={"to": "completed"})
         assert moved.json()["data"]["status"] == "completed"
         _wait_for(lambda: "completed" in receiver.statuses(trade["id"]), "the completed callback")

@@ -158,7 +158,8 @@ async def _record(
         else:
             available = await ledger.lock_balance(db, user_id)
             if available < order.total:
-                raise InsufficientBalance(f"The balance ({available}) does not cover this withdrawal ({order.total})")
+                shown = format_money(available), format_money(order.total)
+                raise InsufficientBalance("The balance ({}) does not cover this withdrawal ({})".format(*shown))
             trade_type, authorised = TradeType.WITHDRAW, order.authorised
         trade = await trades.insert(db, _our_trade(user, order, trade_type, authorised))
         assert trade is not None  # a fresh uuid and externalId clash with nothing
