@@ -105,9 +105,9 @@ async def adjust(database: Database, adjustment: Adjustment, *, key: str | None,
     """Post the adjustment (see the module's docstring). Raises NotFound (USER_NOT_FOUND), InsufficientBalance (a
     charge that would leave a debt, without `allow_debt`), Conflict (IDEMPOTENCY_KEY_REUSED with another request)."""
     _check(adjustment)
-    if key is not None and not 0 < len(key) <= idempotency.MAX_KEY_LENGTH:
+    if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:  # as on deposits, any string up to the limit
         raise ValidationFailed(
-            "Invalid Idempotency-Key", fields={"Idempotency-Key": f"1 to {idempotency.MAX_KEY_LENGTH} characters"}
+            "Invalid Idempotency-Key", fields={"Idempotency-Key": f"at most {idempotency.MAX_KEY_LENGTH} characters"}
         )
     user_id = adjustment.user_id
     async with database.unit_of_work() as uow:
