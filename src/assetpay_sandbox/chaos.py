@@ -22,6 +22,9 @@ REORDER_HOLD_BACK = 0.5
 REORDER_SPREAD_STEPS = 2.0
 DUPLICATE_SPREAD_STEPS = 2.0
 """A duplicate is sent again within this many steps after the delivery it repeats."""
+MAX_SPREAD_SECONDS = 10.0
+"""Hold-backs and duplicates stay within this many seconds whatever the step: a sandbox driven by hand (a step of
+an hour, trades moved through the controls) still misbehaves while someone is watching."""
 
 _WIRE_NAMES = {
     "duplicate_rate": "duplicateRate",
@@ -123,7 +126,7 @@ class Chaos:
         reordering."""
         wait = self.rng.uniform(0, self.settings.delay) if self.settings.delay > 0 else 0.0
         if self.settings.reorder and self._happens(REORDER_HOLD_BACK):
-            wait += self.rng.uniform(0, REORDER_SPREAD_STEPS * step_seconds)
+            wait += self.rng.uniform(0, min(REORDER_SPREAD_STEPS * step_seconds, MAX_SPREAD_SECONDS))
         return wait
 
     def order(self, due: Sequence[T]) -> list[T]:
@@ -143,7 +146,7 @@ class Chaos:
         """Seconds until a delivered callback is delivered again, or None when it is not."""
         if not self._happens(self.settings.duplicate_rate):
             return None
-        return self.rng.uniform(0, DUPLICATE_SPREAD_STEPS * step_seconds)
+        return self.rng.uniform(0, min(DUPLICATE_SPREAD_STEPS * step_seconds, MAX_SPREAD_SECONDS))
 
     def approval_times_out(self) -> bool:
         """Whether this approval attempt's answer is treated as timed out, whatever the merchant answered."""

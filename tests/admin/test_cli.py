@@ -169,7 +169,7 @@ async def test_admin_adjust_posts_once_per_key_and_refuses_a_debt(
     assert "IDEMPOTENCY_KEY_REUSED" in reused.err
     debt = await run("admin", "adjust", "u1", "-35.01", "--reason", "chargeback", "--actor", "dave")
     assert debt.code == 1
-    assert "INSUFFICIENT_BALANCE" in debt.err
+    assert "DEBT_NOT_ALLOWED" in debt.err
     assert await books(engine) == before
 
     allowed = await run(

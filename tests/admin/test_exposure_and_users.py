@@ -43,7 +43,7 @@ class Deposit:
     hold_end: datetime | None = None
 
     def payload(self) -> dict[str, Any]:
-        extra = {"holdEndDate": iso(self.hold_end)} if self.hold_end is not None else {}
+        extra: dict[str, Any] = {"holdEndDate": iso(self.hold_end)} if self.hold_end is not None else {}
         return trade(total=self.total, pre=self.pre, user_id=self.user_id, **extra)
 
     @property

@@ -41,7 +41,7 @@ STATUSES = {
     ("GET", "/v1/admin/trades"): {200, 401, 403, 422, 503},
     ("GET", "/v1/admin/trades/{trade_id}"): {200, 401, 403, 404, 422, 503},
     ("POST", "/v1/admin/trades/{trade_id}/resolve"): {200, 401, 403, 404, 409, 422, 503},
-    ("POST", "/v1/admin/adjustments"): {201, 401, 402, 403, 404, 409, 422, 503},
+    ("POST", "/v1/admin/adjustments"): {201, 401, 403, 404, 409, 422, 503},
     ("GET", "/v1/admin/exposure"): {200, 401, 403, 503},
     ("GET", "/v1/admin/users/{user_id}"): {200, 401, 403, 404, 422, 503},
     ("GET", "/healthz"): {200},

@@ -181,11 +181,11 @@ class AdjustmentIn(BaseModel):
     response_model=LedgerEntryView,
     summary="Adjust a user's balance: one ledger entry of kind `adjustment`, with its reason and X-Actor",
     responses={
-        402: error("INSUFFICIENT_BALANCE: the charge would leave the available balance below zero (allowDebt)"),
         404: error("USER_NOT_FOUND: the platform has not registered the user"),
         409: error(
-            "IDEMPOTENCY_KEY_REUSED: the key came with another request; IDEMPOTENCY_KEY_IN_USE: a request with the "
-            "key is still running (Retry-After)",
+            "DEBT_NOT_ALLOWED: the charge would leave the available balance below zero (send allowDebt: true if the "
+            "debt is intended); IDEMPOTENCY_KEY_REUSED: the key came with another request; IDEMPOTENCY_KEY_IN_USE: a "
+            "request with the key is still running (Retry-After)",
             retry_after=True,
         ),
         422: VALIDATION,

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from assetpay_merchant.core import policy
-from assetpay_merchant.core.errors import InsufficientBalance, NotFound, ValidationFailed
+from assetpay_merchant.core.errors import Conflict, NotFound, ValidationFailed
 from assetpay_merchant.core.money import CENT, format_money
 from assetpay_merchant.observability import LEDGER_POSTINGS
 from assetpay_merchant.services.admin import LedgerEntryView, check_actor, check_text
@@ -102,8 +102,8 @@ class Adjusted:
 
 
 async def adjust(database: Database, adjustment: Adjustment, *, key: str | None, now: datetime) -> Adjusted:
-    """Post the adjustment (see the module's docstring). Raises NotFound (USER_NOT_FOUND), InsufficientBalance (a
-    charge that would leave a debt, without `allow_debt`), Conflict (IDEMPOTENCY_KEY_REUSED with another request)."""
+    """Post the adjustment (see the module's docstring). Raises NotFound (USER_NOT_FOUND), Conflict (DEBT_NOT_ALLOWED:
+    a charge that would leave a debt, without `allow_debt`; IDEMPOTENCY_KEY_REUSED: the key with another request)."""
     _check(adjustment)
     if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:  # as on deposits, any string up to the limit
         raise ValidationFailed(
@@ -129,10 +129,10 @@ async def adjust(database: Database, adjustment: Adjustment, *, key: str | None,
         if not policy.adjustment_allowed(
             available=available, amount=adjustment.amount, allow_debt=adjustment.allow_debt
         ):
-            raise InsufficientBalance(
+            raise Conflict(
                 f"Taking {format_money(-adjustment.amount)} from an available balance of {format_money(available)} "
                 "would leave it below zero; allow the debt (allowDebt, --allow-debt) if it is intended",
-                key="INSUFFICIENT_BALANCE",
+                key="DEBT_NOT_ALLOWED",
             )
         posting = await ledger.post_adjustment(
             db, user_id=user_id, amount=adjustment.amount, reason=adjustment.reason, actor=adjustment.actor

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from assetpay_merchant.store.database import Connection
+from assetpay_merchant.store.tables import WebhookDelivery
 
 INVALID = "invalid"
 """The outcome of a callback we refused (it did not validate); kept with its raw body for review and replay."""
@@ -26,7 +27,7 @@ class StoredDelivery:
     raw_body: str
 
 
-_COLUMNS = "id, delivery_id, kind, outcome, detail, subject_id, trade_id, signed_at, received_at, raw_body"
+_COLUMNS = ", ".join(column.name for column in WebhookDelivery.__table__.columns)  # StoredDelivery's, in order
 _RECENT = f"""
 SELECT {_COLUMNS} FROM webhook_deliveries WHERE $1::text IS NULL OR outcome = $1 ORDER BY id DESC LIMIT $2
 """  # noqa: S608 (constant column names)

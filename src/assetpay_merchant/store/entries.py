@@ -11,6 +11,7 @@ from decimal import Decimal
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.core.policy import IN_FLIGHT, TradeType
 from assetpay_merchant.store.database import Connection
+from assetpay_merchant.store.tables import LedgerEntry
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +35,8 @@ class BalanceRow:
     """What the user's deposits in flight will still credit."""
 
 
-_RECENT = """
-SELECT id, user_id, trade_id, amount, kind, balance_after, reason, actor, created_at
-FROM ledger_entries WHERE user_id = $1 ORDER BY id DESC LIMIT $2
-"""
+_COLUMNS = ", ".join(column.name for column in LedgerEntry.__table__.columns)  # EntryRow's fields, in order
+_RECENT = f"SELECT {_COLUMNS} FROM ledger_entries WHERE user_id = $1 ORDER BY id DESC LIMIT $2"  # noqa: S608
 _BALANCE = """
 SELECT (SELECT available FROM balances WHERE user_id = $1) AS available,
        (SELECT coalesce(sum(total_price - posted), 0) FROM trades

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from assetpay_merchant.store.database import Connection
+from assetpay_merchant.store.tables import TradeHistory
 from assetpay_merchant.store.trades import SELECT_TRADE, TradeRow
 
 RESOLVED = "resolved"
@@ -71,7 +72,7 @@ class HistoryRow:
     created_at: datetime
 
 
-_COLUMNS = "id, trade_id, action, note, actor, review_reason, created_at"
+_COLUMNS = ", ".join(column.name for column in TradeHistory.__table__.columns)  # HistoryRow's fields, in order
 _RECORD = f"""
 INSERT INTO trade_history (trade_id, action, note, actor, review_reason) VALUES ($1, $2, $3, $4, $5)
 RETURNING {_COLUMNS}
