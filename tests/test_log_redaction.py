@@ -30,6 +30,10 @@ def test_the_filter_blanks_tokens_in_arguments_and_messages() -> None:
     assert inline.getMessage() == "GET /feed?apiKey=[redacted]&x=1"
 
 
+def _logs(folder: Path) -> str:
+    return "".join(path.read_text() for path in folder.glob("serve-*.log"))
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 async def test_a_served_backend_logs_websocket_handshakes_without_the_token(
     database_url: str, tmp_path: Path, workers: int
@@ -39,7 +43,7 @@ async def test_a_served_backend_logs_websocket_handshakes_without_the_token(
         for _ in range(workers * 2):  # reach every worker, most likely
             async with connect(f"ws://{address}/v1/ws?token={token}") as socket:
                 await socket.recv()  # ready, or the close for an unknown user: either way the handshake is logged
-    logs = "".join(path.read_text() for path in tmp_path.glob("serve-*.log"))
+    logs = _logs(tmp_path)
     assert "WebSocket /v1/ws?token=[redacted]" in logs
     assert token not in logs
     assert token.split(".")[1] not in logs

@@ -116,7 +116,9 @@ class RedactQuerySecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_QUERY_SECRET.sub(r"\1=[redacted]", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(
+                _QUERY_SECRET.sub(r"\1=[redacted]", a) if isinstance(a, str) else a for a in record.args
+            )
         if isinstance(record.msg, str):
             record.msg = _QUERY_SECRET.sub(r"\1=[redacted]", record.msg)
         return True
