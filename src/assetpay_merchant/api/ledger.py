@@ -18,18 +18,10 @@ from assetpay_merchant.api.schemas import DATABASE, error
 from assetpay_merchant.core.errors import ValidationFailed
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.core.policy import IN_FLIGHT, TradeType
-from assetpay_merchant.services.views import Money
+from assetpay_merchant.services.views import BalanceView, Money
 from assetpay_merchant.store.tables import Balance, LedgerEntry, Trade
 
 router = APIRouter(prefix="/v1", tags=["balance"], responses={401: UNAUTHORIZED, 503: DATABASE})
-
-
-class BalanceOut(BaseModel):
-    available: Money = Field(description="Sum of the user's ledger entries (negative is a debt)")
-    pending: Money = Field(description="What in-flight deposits will still credit")
-    currency: str = "USD"
-
-    model_config = {"json_schema_extra": {"examples": [{"available": "12.34", "pending": "40.00", "currency": "USD"}]}}
 
 
 class EntryOut(BaseModel):
@@ -46,7 +38,7 @@ class LedgerPage(BaseModel):
     nextCursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null on the last one")
 
 
-async def balance_of(session: AsyncSession, user_id: str, currency: str) -> BalanceOut:
+async def balance_of(session: AsyncSession, user_id: str, currency: str) -> BalanceView:
     available = await session.scalar(select(Balance.available).where(Balance.user_id == user_id))
     pending = await session.scalar(
         select(func.coalesce(func.sum(Trade.total_price - Trade.posted), 0)).where(
@@ -55,11 +47,11 @@ async def balance_of(session: AsyncSession, user_id: str, currency: str) -> Bala
             Trade.status.in_([s.value for s in IN_FLIGHT]),
         )
     )
-    return BalanceOut(available=available or ZERO, pending=Decimal(pending or 0), currency=currency)
+    return BalanceView(available=available or ZERO, pending=Decimal(pending or 0), currency=currency)
 
 
 @router.get("/balance", summary="The user's balance")
-async def get_balance(user_id: UserId, session: SessionDep, resources: ResourcesDep) -> BalanceOut:
+async def get_balance(user_id: UserId, session: SessionDep, resources: ResourcesDep) -> BalanceView:
     return await balance_of(session, user_id, resources.settings.currency)
 
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from assetpay_merchant.api.auth import ADMIN_UNAUTHORIZED, FORBIDDEN, UNAUTHORIZED, AdminOnly, UserId
 from assetpay_merchant.api.deps import ResourcesDep, SessionDep
-from assetpay_merchant.api.ledger import BalanceOut, balance_of
+from assetpay_merchant.api.ledger import balance_of
 from assetpay_merchant.api.routing import ExactJSONRoute
 from assetpay_merchant.api.schemas import DATABASE, NO_BODY, UPSTREAM, VALIDATION, WagerIn, error
 from assetpay_merchant.core.vocabulary import MAX_USER_ID_LENGTH, STEAM_ID_PATTERN, TRADE_URL_PATTERN, USER_ID_PATTERN
 from assetpay_merchant.services import users
-from assetpay_merchant.store.users import UserRow
+from assetpay_merchant.services.views import BalanceView, UserView
 
 router = APIRouter(prefix="/v1", tags=["users"], route_class=ExactJSONRoute, responses={503: DATABASE})
 
@@ -55,31 +55,11 @@ class UserIn(BaseModel):
     clientData: ClientData | None = None
 
 
-class UserOut(BaseModel):
-    id: str
-    steamId: str
-    tradeUrl: str
-    clientData: dict[str, Any]
-    createdAt: datetime
-    updatedAt: datetime
-
-    @classmethod
-    def of(cls, user: UserRow) -> UserOut:
-        return cls(
-            id=user.id,
-            steamId=user.steam_id,
-            tradeUrl=user.trade_url,
-            clientData=user.client_data,
-            createdAt=user.created_at,
-            updatedAt=user.updated_at,
-        )
-
-
 class MeOut(BaseModel):
     id: str
     steamId: str
     tradeUrl: str
-    balance: BalanceOut
+    balance: BalanceView
     createdAt: datetime
 
 
@@ -92,14 +72,14 @@ UserIdPath = Annotated[str, Path(min_length=1, max_length=MAX_USER_ID_LENGTH, pa
     summary="Create or update a user (merchant platform, X-Admin-Key)",
     responses={
         200: {"description": "Updated"},
-        201: {"model": UserOut, "description": "Created"},
+        201: {"model": UserView, "description": "Created"},
         401: ADMIN_UNAUTHORIZED,
         403: FORBIDDEN,
         409: error("STEAM_ID_TAKEN: the Steam id belongs to another user"),
         422: VALIDATION,
     },
 )
-async def put_user(user_id: UserIdPath, body: UserIn, resources: ResourcesDep, response: Response) -> UserOut:
+async def put_user(user_id: UserIdPath, body: UserIn, resources: ResourcesDep, response: Response) -> UserView:
     client_data = (
         body.clientData.model_dump(mode="json", by_alias=True, exclude_unset=True) if body.clientData else None
     )
@@ -107,7 +87,7 @@ async def put_user(user_id: UserIdPath, body: UserIn, resources: ResourcesDep, r
         resources.database, user_id=user_id, steam_id=body.steamId, trade_url=body.tradeUrl, client_data=client_data
     )
     response.status_code = status.HTTP_201_CREATED if registered.created else status.HTTP_200_OK
-    return UserOut.of(registered.user)
+    return UserView.of(registered.user)
 
 
 @router.get(

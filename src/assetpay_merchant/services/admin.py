@@ -12,14 +12,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import date as Day
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, Field
 
 from assetpay_merchant.core.errors import Conflict, NotFound, ValidationFailed
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.services.users import USER_NOT_FOUND
-from assetpay_merchant.services.views import Money, TradeView
+from assetpay_merchant.services.views import BalanceView, Money, TradeView, UserView
 from assetpay_merchant.store import entries, exposure, review, trades, users
 from assetpay_merchant.store.database import Database
 from assetpay_merchant.store.entries import EntryRow
@@ -105,24 +104,9 @@ class LedgerEntryView(BaseModel):
         )
 
 
-class AdminUser(BaseModel):
-    id: str
-    steamId: str
-    tradeUrl: str
-    clientData: dict[str, Any]
-    createdAt: datetime
-    updatedAt: datetime
-
-
-class AdminBalance(BaseModel):
-    available: Money = Field(description="Sum of the user's ledger entries (negative is a debt)")
-    pending: Money = Field(description="What in-flight deposits will still credit")
-    currency: str
-
-
 class UserOverview(BaseModel):
-    user: AdminUser
-    balance: AdminBalance
+    user: UserView
+    balance: BalanceView
     trades: list[AdminTrade] = Field(description=f"The user's {RECENT} newest trades, newest first")
     entries: list[LedgerEntryView] = Field(description=f"The user's {RECENT} newest ledger entries, newest first")
 
@@ -213,15 +197,8 @@ async def user_overview(database: Database, user_id: str, *, currency: str) -> U
         recent_trades = await review.search(db, TradeFilter(user_id=user_id), before=None, limit=RECENT)
         recent_entries = await entries.recent(db, user_id, limit=RECENT)
     return UserOverview(
-        user=AdminUser(
-            id=user.id,
-            steamId=user.steam_id,
-            tradeUrl=user.trade_url,
-            clientData=user.client_data,
-            createdAt=user.created_at,
-            updatedAt=user.updated_at,
-        ),
-        balance=AdminBalance(available=balance.available, pending=balance.pending, currency=currency),
+        user=UserView.of(user),
+        balance=BalanceView(available=balance.available, pending=balance.pending, currency=currency),
         trades=[AdminTrade.of_row(trade) for trade in recent_trades],
         entries=[LedgerEntryView.of(entry) for entry in recent_entries],
     )

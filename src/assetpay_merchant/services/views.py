@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field, PlainSerializer
 
 from assetpay_merchant.core.money import format_money
 from assetpay_merchant.core.policy import Status, TradeType
+from assetpay_merchant.store.users import UserRow
 
 
 def _money_text(amount: Any) -> str:
@@ -20,6 +21,38 @@ def _money_text(amount: Any) -> str:
 
 Money = Annotated[Decimal, PlainSerializer(_money_text, return_type=str, when_used="always")]
 """A Decimal that pydantic renders as a decimal string in every JSON answer."""
+
+
+class BalanceView(BaseModel):
+    """What the user has: `GET /v1/balance`, the `balance.updated` event, and the admin user view."""
+
+    available: Money = Field(description="Sum of the user's ledger entries (negative is a debt)")
+    pending: Money = Field(description="What in-flight deposits will still credit")
+    currency: str = "USD"
+
+    model_config = {"json_schema_extra": {"examples": [{"available": "12.34", "pending": "40.00", "currency": "USD"}]}}
+
+
+class UserView(BaseModel):
+    """A registered user's profile, as the merchant platform and ops see it."""
+
+    id: str
+    steamId: str
+    tradeUrl: str
+    clientData: dict[str, Any]
+    createdAt: datetime
+    updatedAt: datetime
+
+    @classmethod
+    def of(cls, user: UserRow) -> UserView:
+        return cls(
+            id=user.id,
+            steamId=user.steam_id,
+            tradeUrl=user.trade_url,
+            clientData=user.client_data,
+            createdAt=user.created_at,
+            updatedAt=user.updated_at,
+        )
 
 
 class TradeRecord(Protocol):
