@@ -1,5 +1,6 @@
 -- One AssetPay trade callback as the app handles it: the statements of services/intake.py (store/deliveries.py),
--- store/trades.py and store/ledger.py, in the same order, one transaction per delivery. bench/webhooks.py runs it as
+-- store/trades.py, store/ledger.py and store/events.py, in the same order, one transaction per delivery (the
+-- trade's save, its ledger entry and the delivery's outcome are one statement, store/ledger.py's _POST_AND_SAVE). bench/webhooks.py runs it as
 --   pgbench -n -M prepared -c 16 -j 2 -T <s> -f bench/webhook_delivery.sql -D users=200 -D dup_pct=10 -D revert_pct=20
 --           -D steam_base=76561198100000000 -D d=0 -D t=0 -D phase=0 -D dkey=0 -D tkey=0
 --           -D raw_body=<a callback body, ~1.1 kB of JSON> -D items=<its items as the app stores them> <database>
@@ -25,7 +26,7 @@ COMMIT;
 \set d :d + 1
 \set dkey :client_id * 1000000000 + :d
 \if :phase = 0
--- hold: the first we hear of the trade (10 round trips)
+-- hold: the first we hear of the trade (7 round trips)
 \set t :t + 1
 \set tkey :client_id * 1000000000 + :t
 \set uid random(1, :users)
@@ -39,33 +40,45 @@ INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, 
 VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING id \gset dlv_
+SELECT t.*, owner.id AS owner FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
 SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
 WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
 ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
 LIMIT 1
-FOR UPDATE;
-SELECT id FROM users WHERE id = 'bench-user-' || :uid OR steam_id = :steam::text
-ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
-LIMIT 1;
+FOR UPDATE
+) AS t ON true
+LEFT JOIN LATERAL (
+    SELECT id FROM users WHERE (id = 'bench-user-' || :uid OR steam_id = :steam::text) AND t.id IS NULL
+    ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
+    LIMIT 1
+) AS owner ON true;
 INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game,
                     status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, items,
                     is_instant, error, hold_end_date)
 VALUES (gen_random_uuid(), 'pgb-t-' || :tkey, 'pgb-x-' || :tkey, 'bench-user-' || :uid, :steam::text, 'bench-user-' || :uid, 'deposit', '730', 'hold', :total, :pre, :pending, NULL, NULL, 0, :items::text::jsonb, true, NULL, now() + interval '7 days')
 ON CONFLICT DO NOTHING
 RETURNING id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items \gset tr_
-WITH moved AS (
-    UPDATE balances SET available = available + :pre, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+WITH saved AS (
+    UPDATE trades
+    SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+        external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = :tr_status,
+        total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :pre, items = :items::text::jsonb, is_instant = true,
+        error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+    WHERE id = :tr_id
+    RETURNING updated_at
+), moved AS (
+    UPDATE balances SET available = available + :pre::numeric, updated_at = now()
+    WHERE user_id = 'bench-user-' || :uid AND :pre::numeric <> 0
+    RETURNING available
+), entry AS (
+    INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+    SELECT 'bench-user-' || :uid, :tr_id, :pre::numeric, 'pre_credit', available FROM moved
+    RETURNING balance_after, id, created_at
+), told AS (
+    UPDATE webhook_deliveries SET outcome = 'created'::text, trade_id = :tr_id WHERE id = :dlv_id::bigint
 )
-INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
-SELECT 'bench-user-' || :uid, :tr_id, :pre, 'pre_credit', available FROM moved
-RETURNING balance_after;
-UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
-    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = :tr_status,
-    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :pre, items = :items::text::jsonb, is_instant = true,
-    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
-WHERE id = :tr_id
-RETURNING updated_at;
+SELECT saved.updated_at, entry.balance_after, entry.id, entry.created_at FROM saved LEFT JOIN entry ON true;
 WITH seq AS (
     UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
     RETURNING last_event_id, available
@@ -82,11 +95,10 @@ WITH seq AS (
 INSERT INTO events (user_id, id, type, data)
 SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
 RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
-UPDATE webhook_deliveries SET outcome = 'created', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \else
 -- completed (credit the rest) or reverted (take the pre-credit back) for the trade this client put in hold
--- (8 round trips)
+-- (6 round trips)
 \set phase 0
 \if random(1, 100) <= :revert_pct
 \set minus_pre 0 - :pre
@@ -95,24 +107,39 @@ INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, 
 VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING id \gset dlv_
+SELECT t.*, owner.id AS owner FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
 SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
 WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
 ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
 LIMIT 1
-FOR UPDATE \gset tr_
-WITH moved AS (
-    UPDATE balances SET available = available + :minus_pre, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+FOR UPDATE
+) AS t ON true
+LEFT JOIN LATERAL (
+    SELECT id FROM users WHERE (id = 'bench-user-' || :uid OR steam_id = :steam::text) AND t.id IS NULL
+    ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
+    LIMIT 1
+) AS owner ON true \gset tr_
+WITH saved AS (
+    UPDATE trades
+    SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+        external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'reverted',
+        total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = 0, items = :items::text::jsonb, is_instant = true,
+        error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+    WHERE id = :tr_id
+    RETURNING updated_at
+), moved AS (
+    UPDATE balances SET available = available + :minus_pre::numeric, updated_at = now()
+    WHERE user_id = 'bench-user-' || :uid AND :minus_pre::numeric <> 0
+    RETURNING available
+), entry AS (
+    INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+    SELECT 'bench-user-' || :uid, :tr_id, :minus_pre::numeric, 'reversal', available FROM moved
+    RETURNING balance_after, id, created_at
+), told AS (
+    UPDATE webhook_deliveries SET outcome = 'advance'::text, trade_id = :tr_id WHERE id = :dlv_id::bigint
 )
-INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
-SELECT 'bench-user-' || :uid, :tr_id, :minus_pre, 'reversal', available FROM moved
-RETURNING balance_after;
-UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
-    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'reverted',
-    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = 0, items = :items::text::jsonb, is_instant = true,
-    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
-WHERE id = :tr_id
-RETURNING updated_at;
+SELECT saved.updated_at, entry.balance_after, entry.id, entry.created_at FROM saved LEFT JOIN entry ON true;
 WITH seq AS (
     UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
     RETURNING last_event_id, available
@@ -129,7 +156,6 @@ WITH seq AS (
 INSERT INTO events (user_id, id, type, data)
 SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
 RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
-UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \else
 BEGIN;
@@ -137,24 +163,39 @@ INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, 
 VALUES ('pgb-d-' || :dkey, 'trade', 'received', NULL, 'pgb-t-' || :tkey, now(), :raw_body)
 ON CONFLICT (delivery_id) DO NOTHING
 RETURNING id \gset dlv_
+SELECT t.*, owner.id AS owner FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (
 SELECT id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type, game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount, posted, is_instant, error, hold_end_date, needs_review, review_reason, created_at, updated_at, items::text AS items FROM trades
 WHERE assetpay_id = 'pgb-t-' || :tkey OR (external_id = 'pgb-x-' || :tkey AND assetpay_id IS NULL)
 ORDER BY assetpay_id = 'pgb-t-' || :tkey DESC NULLS LAST
 LIMIT 1
-FOR UPDATE \gset tr_
-WITH moved AS (
-    UPDATE balances SET available = available + :pending, updated_at = now() WHERE user_id = 'bench-user-' || :uid RETURNING available
+FOR UPDATE
+) AS t ON true
+LEFT JOIN LATERAL (
+    SELECT id FROM users WHERE (id = 'bench-user-' || :uid OR steam_id = :steam::text) AND t.id IS NULL
+    ORDER BY id = 'bench-user-' || :uid DESC NULLS LAST
+    LIMIT 1
+) AS owner ON true \gset tr_
+WITH saved AS (
+    UPDATE trades
+    SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
+        external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'completed',
+        total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :total, items = :items::text::jsonb, is_instant = true,
+        error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
+    WHERE id = :tr_id
+    RETURNING updated_at
+), moved AS (
+    UPDATE balances SET available = available + :pending::numeric, updated_at = now()
+    WHERE user_id = 'bench-user-' || :uid AND :pending::numeric <> 0
+    RETURNING available
+), entry AS (
+    INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
+    SELECT 'bench-user-' || :uid, :tr_id, :pending::numeric, 'credit', available FROM moved
+    RETURNING balance_after, id, created_at
+), told AS (
+    UPDATE webhook_deliveries SET outcome = 'advance'::text, trade_id = :tr_id WHERE id = :dlv_id::bigint
 )
-INSERT INTO ledger_entries (user_id, trade_id, amount, kind, balance_after)
-SELECT 'bench-user-' || :uid, :tr_id, :pending, 'credit', available FROM moved
-RETURNING balance_after;
-UPDATE trades
-SET assetpay_id = :tr_assetpay_id, user_id = :tr_user_id, client_steam_id = :tr_client_steam_id,
-    external_client_user_id = :tr_external_client_user_id, type = :tr_type, game = :tr_game, status = 'completed',
-    total_price = :total, pre_credit = :pre, pending_credit = :pending, authorized_amount = NULL, approved_amount = NULL, posted = :total, items = :items::text::jsonb, is_instant = true,
-    error = NULL, hold_end_date = :tr_hold_end_date, needs_review = false, review_reason = NULL, updated_at = now()
-WHERE id = :tr_id
-RETURNING updated_at;
+SELECT saved.updated_at, entry.balance_after, entry.id, entry.created_at FROM saved LEFT JOIN entry ON true;
 WITH seq AS (
     UPDATE balances SET last_event_id = last_event_id + 2 WHERE user_id = 'bench-user-' || :uid
     RETURNING last_event_id, available
@@ -171,7 +212,6 @@ WITH seq AS (
 INSERT INTO events (user_id, id, type, data)
 SELECT 'bench-user-' || :uid, seq.last_event_id - 2 + fresh.n, fresh.type, fresh.data FROM seq, fresh
 RETURNING id, pg_notify('assetpay_events', 'bench-user-' || :uid || ' ' || id);
-UPDATE webhook_deliveries SET outcome = 'advance', trade_id = :tr_id WHERE id = :dlv_id;
 COMMIT;
 \endif
 \endif

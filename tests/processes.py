@@ -69,3 +69,93 @@ def serve_process(database_url: str, workdir: Path, *, workers: int = 1, **env: 
                 process.wait(timeout=30)
             finally:
                 process.kill()
+
+
+class ServeProcess:
+    """One `assetpay-merchant serve` on a port of its own that a test may SIGKILL, SIGTERM and start again on the
+    same port (every run logs to the same file, each run headed by a line of its own).
+
+        server = ServeProcess(database_url, tmp_path, RECONCILE_INTERVAL_SECONDS="0")
+        with server:
+            server.start(); server.wait_ready()
+            server.kill(); server.start()           # crash, restart, same URL
+    """
+
+    def __init__(self, database_url: str, workdir: Path, *, port: int | None = None, **env: str) -> None:
+        self.port = port or free_port()
+        self.log_path = workdir / f"serve-{self.port}.log"
+        self.environment = clean_env(DATABASE_URL=database_url, LOG_LEVEL="WARNING", **SECRETS) | env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.runs = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Spawn the process (without waiting for it to listen: see `wait_ready`)."""
+        assert self.process is None or self.process.poll() is not None, "already running"
+        self.runs += 1
+        with self.log_path.open("ab") as log:
+            log.write(f"--- run {self.runs} ---\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(  # noqa: S603
+                [str(CLI), "serve", "--port", str(self.port), "--workers", "1"],
+                env=self.environment,
+                cwd=self.log_path.parent,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Block until /readyz answers 200; fails with the log's tail if the process dies or the deadline passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            assert self.process.poll() is None, f"serve exited:\n{self.log_tail()}"
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"serve did not become ready:\n{self.log_tail()}"
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: the process ends at once, mid-request, without any clean-up of its own."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def terminate(self) -> None:
+        """SIGTERM: ask for a graceful shutdown (returns at once; `wait` for the exit)."""
+        assert self.process is not None
+        self.process.terminate()
+
+    def wait(self, timeout: float) -> int:
+        """The exit code, once the process has ended (subprocess.TimeoutExpired after `timeout` seconds)."""
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """Terminate whatever still runs (killed if it does not end within 30 s)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=30)
+
+    def log_tail(self, size: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-size:]
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> ServeProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -17,17 +17,21 @@ from jwt.algorithms import get_default_algorithms
 
 from assetpay_merchant.api import admin, catalog, health, ledger, trades, users, verification, webhooks, ws
 from assetpay_merchant.api.auth import TokenVerifier
+from assetpay_merchant.api.context import RequestIds
 from assetpay_merchant.api.cors import BrowserOrigins
 from assetpay_merchant.api.deps import Resources, WebSettings
 from assetpay_merchant.api.errors import install_error_handlers
 from assetpay_merchant.config import ConfigurationError, Settings
 from assetpay_merchant.gateway import AssetPayClient, create_http_client
-from assetpay_merchant.observability import redact_server_logs
-from assetpay_merchant.services import reconciliation
+from assetpay_merchant.gateway.client import CallPolicy, RouteClass
+from assetpay_merchant.gateway.transport import BoundedTransport
+from assetpay_merchant.observability import redact_server_logs, redact_values
+from assetpay_merchant.services import monitoring, reconciliation
 from assetpay_merchant.services.cache import TTLCache
 from assetpay_merchant.services.catalog import Catalog
 from assetpay_merchant.services.live import Hub, purge_periodically
-from assetpay_merchant.store.database import Database, create_engine
+from assetpay_merchant.services.ratelimits import RateLimits, Tier, UserScope, merchant_rates, user_rates
+from assetpay_merchant.store.database import Database, StatementTimeouts, create_engine
 from assetpay_merchant.store.notifications import Listener
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,7 @@ platform, `sub` = user id, `exp` required); the platform itself with `X-Admin-Ke
 """
 
 LifespanExtension = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+KEEPALIVE_CONNECTIONS = 20  # idle connections kept open to AssetPay
 
 
 def token_verifier(settings: Settings) -> TokenVerifier:
@@ -71,24 +76,53 @@ def web_settings(settings: Settings) -> WebSettings:
 
 
 def http_client(settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
-    """The shared HTTP client for AssetPay (its owner closes it)."""
+    """The shared HTTP client for AssetPay (its owner closes it). Every exchange is bounded in time and size
+    (ASSETPAY_REQUEST_DEADLINE_SECONDS, ASSETPAY_MAX_RESPONSE_BYTES), whatever AssetPay or a proxy does."""
+    if transport is None:  # httpx builds its pool from `limits` only when it builds the transport itself
+        keepalive = min(KEEPALIVE_CONNECTIONS, settings.assetpay_max_connections)
+        limits = httpx.Limits(max_connections=settings.assetpay_max_connections, max_keepalive_connections=keepalive)
+        transport = httpx.AsyncHTTPTransport(limits=limits)
     return create_http_client(
         connect_timeout=settings.assetpay_connect_timeout_seconds,
         read_timeout=settings.assetpay_read_timeout_seconds,
         max_connections=settings.assetpay_max_connections,
-        transport=transport,
+        transport=BoundedTransport(
+            transport,
+            deadline=settings.assetpay_request_deadline_seconds,
+            max_bytes=settings.assetpay_max_response_bytes,
+        ),
     )
 
 
-def assetpay_client(settings: Settings, http: httpx.AsyncClient) -> AssetPayClient:
-    """The AssetPay client over `http`, with the merchant's credentials."""
+def assetpay_client(settings: Settings, http: httpx.AsyncClient, policy: CallPolicy | None = None) -> AssetPayClient:
+    """The AssetPay client over `http`, with the merchant's credentials (and `policy`: the shared rate budget)."""
     return AssetPayClient(
         http,
         base_url=settings.assetpay_base_url,
         api_key=settings.assetpay_api_key,
         api_secret=settings.assetpay_api_secret,
         merchant_id=settings.assetpay_merchant_id,
+        policy=policy,
     )
+
+
+def rate_limits(settings: Settings, database: Database) -> RateLimits:
+    """The merchant's AssetPay budget per route class and the users' allowances, from the tier and the overrides."""
+    tier = Tier(settings.assetpay_merchant_tier)
+    merchant = {
+        RouteClass.INVENTORY: settings.assetpay_rate_inventory_per_minute,
+        RouteClass.MARKET: settings.assetpay_rate_market_per_minute,
+        RouteClass.DEPOSIT: settings.assetpay_rate_deposit_per_minute,
+        RouteClass.WITHDRAW: settings.assetpay_rate_withdraw_per_minute,
+        RouteClass.LOOKUP: settings.assetpay_rate_lookup_per_minute,
+        RouteClass.OTHER: settings.assetpay_rate_other_per_minute,
+    }
+    users = {
+        UserScope.INVENTORY: settings.user_rate_inventory_per_minute,
+        UserScope.MARKET: settings.user_rate_market_per_minute,
+        UserScope.TRADES: settings.user_rate_trades_per_minute,
+    }
+    return RateLimits(database, merchant=merchant_rates(tier, merchant), users=user_rates(tier, users))
 
 
 def reconcile_rules(settings: Settings, *, older_than: float | None = None) -> reconciliation.Rules:
@@ -117,6 +151,25 @@ async def reconciling(settings: Settings, database: Database, assetpay: AssetPay
         job.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await job
+
+
+@asynccontextmanager
+async def monitoring_jobs(settings: Settings, database: Database) -> AsyncIterator[None]:
+    """The periodic ledger check (LEDGER_CHECK_INTERVAL_SECONDS) and gauge refresh (METRICS_REFRESH_SECONDS),
+    each off at 0, stopped on the way out."""
+    jobs = []
+    if settings.ledger_check_interval_seconds > 0:
+        interval = settings.ledger_check_interval_seconds
+        jobs.append(asyncio.create_task(monitoring.check_ledger_periodically(database, interval=interval)))
+    if settings.metrics_refresh_seconds > 0:
+        interval = settings.metrics_refresh_seconds
+        jobs.append(asyncio.create_task(monitoring.refresh_gauges_periodically(database, interval=interval)))
+    try:
+        yield
+    finally:
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
 
 
 @asynccontextmanager
@@ -171,6 +224,7 @@ def create_app(
     `lifespan_extension` let `dev` put its in-process sandbox where AssetPay would be."""
     settings = settings or Settings()
     redact_server_logs()
+    redact_values(settings.secret_values())  # in every worker: whatever prints one, the logs show [redacted]
     if not development:
         settings.require_safe()
     database_url = settings.require_database_url()
@@ -185,11 +239,15 @@ def create_app(
                 pool_size=settings.db_pool_size,
                 max_overflow=settings.db_max_overflow,
                 pool_timeout=settings.db_pool_timeout_seconds,
+                timeouts=StatementTimeouts(
+                    statement=settings.db_statement_timeout_seconds, lock=settings.db_lock_timeout_seconds
+                ),
             ),
             session_url=settings.session_database_url,
         )
         http = http_client(settings, assetpay_transport)
-        assetpay = assetpay_client(settings, http)
+        limits = rate_limits(settings, database)
+        assetpay = assetpay_client(settings, http, limits)
         hub = Hub(database, queue_size=settings.ws_queue_size, max_per_user=settings.ws_max_connections_per_user)
         listener = Listener(
             settings.listen_database_url or database_url, on_notify=hub.notify, on_connected=hub.catch_up
@@ -198,7 +256,9 @@ def create_app(
         purge = asyncio.create_task(
             purge_periodically(database, retention=timedelta(hours=settings.event_retention_hours)), name="purge"
         )
-        catalog = Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds))
+        catalog = Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds), limits=limits)
+        app.state.rate_limits = limits  # the trading routes' user allowances, /readyz's setup warnings
+        purge_buckets = asyncio.create_task(limits.purge_periodically(), name="purge-rate-buckets")
         app.state.resources = Resources(
             settings=web_settings(settings),
             database=database,
@@ -213,6 +273,7 @@ def create_app(
                     await stack.enter_async_context(lifespan_extension(app))
                 # Started once everything else is up, stopped before anything else goes down.
                 await stack.enter_async_context(reconciling(settings, database, assetpay))
+                await stack.enter_async_context(monitoring_jobs(settings, database))
                 await stack.enter_async_context(feeding(app, settings, database, assetpay, catalog))
                 log.info("ready" if lifespan_extension is None else "ready (development)")
                 # What start-up built lives as long as the process: keep it out of every full garbage collection
@@ -222,7 +283,8 @@ def create_app(
                 yield
         finally:
             purge.cancel()
-            await asyncio.gather(purge, return_exceptions=True)
+            purge_buckets.cancel()
+            await asyncio.gather(purge, purge_buckets, return_exceptions=True)
             await listener.stop()
             await hub.close()
             await http.aclose()
@@ -232,6 +294,7 @@ def create_app(
     install_error_handlers(app)
     # Always installed: with CORS_ORIGINS empty it still refuses WebSocket handshakes from other sites' pages.
     app.add_middleware(BrowserOrigins, origins=settings.cors_origins, max_age=settings.cors_max_age_seconds)
+    app.add_middleware(RequestIds)  # outermost: even a refused handshake is answered with its request id
     # webhooks first: the busiest route
     for module in (webhooks, users, catalog, verification, ledger, trades, admin, ws, health):
         app.include_router(module.router)

@@ -20,7 +20,7 @@ from sqlalchemy.pool import NullPool
 
 from assetpay_merchant import ops_cli
 from assetpay_merchant.config import ConfigurationError, Settings
-from assetpay_merchant.observability import configure_logging, shared_metrics
+from assetpay_merchant.observability import configure_logging, logging_config, record_ledger_check, shared_metrics
 from assetpay_merchant.services import reconciliation
 from assetpay_merchant.store.database import Database, create_engine
 from assetpay_merchant.store.ledger import check
@@ -28,10 +28,20 @@ from assetpay_merchant.store.migrations import upgrade
 
 
 def serve(
-    app_factory: str, *, host: str, port: int, workers: int, log_level: str, ws_compression: bool = False
+    app_factory: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    log_level: str,
+    log_json: bool = False,
+    ws_compression: bool = False,
+    shutdown_grace: int | None = None,
 ) -> None:
     """Run an app factory under uvicorn (`workers` processes share the port). WebSocket compression is off unless
-    asked for: live events are small, and its state costs ~38 kB per connected client."""
+    asked for: live events are small, and its state costs ~38 kB per connected client. On SIGTERM uvicorn stops
+    accepting, lets the requests in flight finish for at most `shutdown_grace` seconds (None: as long as they take),
+    cancels what is left, then runs the lifespan's shutdown."""
     import uvicorn
 
     uvicorn.run(
@@ -42,7 +52,9 @@ def serve(
         workers=workers,
         log_level=log_level.lower(),
         access_log=False,
+        log_config=logging_config(log_level, json_lines=log_json),  # every worker logs like this process
         ws_per_message_deflate=ws_compression,
+        timeout_graceful_shutdown=shutdown_grace,
     )
 
 
@@ -55,7 +67,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             log_level=settings.log_level,
+            log_json=settings.log_json,
             ws_compression=settings.ws_compression,
+            shutdown_grace=settings.shutdown_grace_seconds,
         )
     return 0
 
@@ -93,8 +107,13 @@ async def _ledger_check(url: str, *, transaction_pooling: bool) -> int:
     try:
         async with database.snapshot() as db:
             problems = await check(db)
+    except BaseException:
+        record_ledger_check(None)
+        raise
     finally:
         await database.dispose()
+    # This process's metrics end with it: ops see a failure by the exit code (and serve's own periodic check).
+    record_ledger_check(len(problems))
     for problem in problems:
         print(f"MISMATCH {problem.subject}: {problem.detail}")
     if problems:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=20, ge=0)
     db_pool_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long a request waits for a free pooled connection before it is answered 503 `DATABASE_BUSY`."""
+    db_statement_timeout_seconds: float = Field(default=5.0, ge=0)
+    """PostgreSQL's `statement_timeout` on the app's connections (0: none): a statement running longer is cancelled,
+    its transaction rolled back, and the request answered 503 `DATABASE_TIMEOUT`. Below AssetPay's 10 s per
+    approval attempt, so a stuck approval is retried rather than timed out."""
+    db_lock_timeout_seconds: float = Field(default=3.0, ge=0)
+    """PostgreSQL's `lock_timeout` on the app's connections (0: none): the longest a statement waits for a row lock
+    (a trade, a balance) before it gives up the same way."""
     listen_database_url: str | None = None
     """Where the live-event listener connects (LISTEN needs a session: past PgBouncer, straight to PostgreSQL);
     unset: DATABASE_URL."""
@@ -88,7 +96,32 @@ class Settings(BaseSettings):
     assetpay_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     assetpay_read_timeout_seconds: float = Field(default=30.0, gt=0)
     assetpay_max_connections: int = Field(default=50, ge=1)
+    assetpay_request_deadline_seconds: float = Field(default=60.0, gt=0)
+    """The longest one exchange with AssetPay may take, first byte sent to last byte received (the read timeout is
+    per read: a body that trickles in would never trip it); past it the call is a timeout."""
+    assetpay_max_response_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    """The largest answer taken from AssetPay (bigger ones are refused unread, never buffered)."""
     market_cache_ttl_seconds: float = Field(default=10.0, ge=0)
+
+    assetpay_merchant_tier: Literal["unverified", "verified"] = "verified"
+    """Which of AssetPay's per-merchant rate limits apply (ASSETPAY.md §10): the defaults of the budgets below.
+    Verified by default, so a verified merchant that did not say is not held to a hundredth of its limits; an
+    unverified one that did not say backs off, every process at once, at AssetPay's first 429."""
+    assetpay_rate_inventory_per_minute: int | None = Field(default=None, ge=1)
+    """The merchant's budget of AssetPay requests per minute, shared by every process and user (unset: the tier's)."""
+    assetpay_rate_market_per_minute: int | None = Field(default=None, ge=1)
+    assetpay_rate_deposit_per_minute: int | None = Field(default=None, ge=1)
+    assetpay_rate_withdraw_per_minute: int | None = Field(default=None, ge=1)
+    assetpay_rate_lookup_per_minute: int | None = Field(default=None, ge=1)
+    """Trade lookups (reconciliation, the realtime feed's nudges, settling a lost answer)."""
+    assetpay_rate_other_per_minute: int | None = Field(default=None, ge=1)
+    """Cancels, identity verification, client tokens: AssetPay publishes no limit, so unset means no budget."""
+    user_rate_inventory_per_minute: int | None = Field(default=None, ge=1)
+    """One user's allowance per minute on the routes that make AssetPay work (unset: the tier's)."""
+    user_rate_market_per_minute: int | None = Field(default=None, ge=1)
+    """Market requests that miss the cache."""
+    user_rate_trades_per_minute: int | None = Field(default=None, ge=1)
+    """Deposits and withdrawals started."""
 
     assetpay_feed: bool = False
     """Connect to AssetPay's realtime feed (Socket.IO): market events keep the market cache fresh, trade events have
@@ -112,6 +145,12 @@ class Settings(BaseSettings):
     """A trade AssetPay does not know is failed once it is this old (younger, its creation may be under way)."""
     reconcile_max_trades: int = Field(default=1000, ge=1)
     """At most this many trades per pass (the longest-quiet first)."""
+
+    ledger_check_interval_seconds: float = Field(default=3600.0, ge=0)
+    """How often `serve` checks the books (`ledger_check_*` metrics; 0: never); aligned to the clock, so the
+    processes of a deployment run it together and one of them does the work."""
+    metrics_refresh_seconds: float = Field(default=30.0, ge=0)
+    """How often `serve` reads the exposure and review-queue gauges from the database (0: never)."""
 
     ws_max_connections_per_user: int = Field(default=5, ge=1)
     ws_compression: bool = False
@@ -142,6 +181,9 @@ class Settings(BaseSettings):
     currency: str = "USD"
     log_level: str = "INFO"
     log_json: bool = False
+    shutdown_grace_seconds: int = Field(default=20, ge=1)
+    """On SIGTERM, `serve` stops accepting connections and gives the requests in flight this long to finish before
+    it cancels them (uvicorn's `timeout_graceful_shutdown`); keep it below the orchestrator's kill deadline."""
 
     @field_validator(
         "database_url",
@@ -156,6 +198,15 @@ class Settings(BaseSettings):
         "auth_jwt_audience",
         "auth_jwt_issuer",
         "admin_api_key",
+        "assetpay_rate_inventory_per_minute",
+        "assetpay_rate_market_per_minute",
+        "assetpay_rate_deposit_per_minute",
+        "assetpay_rate_withdraw_per_minute",
+        "assetpay_rate_lookup_per_minute",
+        "assetpay_rate_other_per_minute",
+        "user_rate_inventory_per_minute",
+        "user_rate_market_per_minute",
+        "user_rate_trades_per_minute",
         mode="before",
     )
     @classmethod
@@ -200,6 +251,25 @@ class Settings(BaseSettings):
         _require_secret("ASSETPAY_API_SECRET", self.assetpay_api_secret)
         if self.assetpay_api_secret_previous is not None and self.assetpay_api_secret_previous.get_secret_value():
             _require_secret("ASSETPAY_API_SECRET_PREVIOUS", self.assetpay_api_secret_previous)
+
+    def secret_values(self) -> tuple[str, ...]:
+        """Every configured secret, as text: what the logs must never show (the database passwords included)."""
+        secrets = (
+            self.auth_jwt_secret,
+            self.admin_api_key,
+            self.assetpay_api_key,
+            self.assetpay_api_secret,
+            self.assetpay_api_secret_previous,
+        )
+        values = [secret.get_secret_value() for secret in secrets if secret is not None]
+        for url in (self.database_url, self.listen_database_url):
+            try:
+                password = urlsplit(url).password if url else None
+            except ValueError:
+                password = None
+            if password:
+                values += [password, unquote(password)]  # as written in the URL, and as a driver may print it
+        return tuple(value for value in values if value.strip())
 
     @property
     def webhook_secrets(self) -> tuple[bytes, ...]:

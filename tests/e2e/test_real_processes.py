@@ -131,6 +131,12 @@ class Stack:
             user_id, "POST", "/v1/withdrawals", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
         )
 
+    async def buy(self, user_id: str, listings: list[dict[str, Any]]) -> dict[str, Any]:
+        answer = await self.withdraw(user_id, listings)
+        assert answer.status_code == 201, answer.text
+        trade: dict[str, Any] = answer.json()
+        return trade
+
     async def balance(self, user_id: str) -> tuple[Decimal, Decimal]:
         answer = await self.as_user(user_id, "GET", "/v1/balance")
         assert answer.status_code == 200, answer.text
@@ -318,21 +324,33 @@ async def test_every_flow_settles_exactly_across_real_processes(stack: Stack) ->
     assert sum(Decimal(i["price"]) for i in listings) < funds
 
     # ... approved and delivered;
-    approved = await started("buyer", (await s.withdraw("buyer", listings[:1])).json())
+    approved = await started("buyer", await s.buy("buyer", listings[:1]))
     if (await s.decided(approved["assetpayId"]))["status"] != "failed":
         await s.move(approved["assetpayId"], "completed")
     await s.settled("buyer", approved)
     # ... failed after the approval debited it: refunded;
-    refunded = await started("buyer", (await s.withdraw("buyer", listings[1:2])).json())
+    refunded = await started("buyer", await s.buy("buyer", listings[1:2]))
     if (await s.decided(refunded["assetpayId"]))["status"] != "failed":
         await s.move(refunded["assetpayId"], "failed")
     await s.settled("buyer", refunded)
     # ... partly failed: the undelivered item is refunded, the delivered one charged;
-    partly = await started("buyer", (await s.withdraw("buyer", listings[2:4])).json())
+    partly = await started("buyer", await s.buy("buyer", listings[2:4]))
     if (await s.decided(partly["assetpayId"]))["status"] != "failed":
         await s.fail_items(partly["assetpayId"], [listings[2]["id"]])
         await s.move(partly["assetpayId"], "completed")
     await s.settled("buyer", partly)
+    # ... approved here, but AssetPay never heard the answer (every ask timed out): it fails, and is refunded.
+    if s.chaotic:
+        switches = (await s.sandbox.get("/_sandbox/chaos")).json()["data"]
+        calm = {key: value for key, value in switches.items() if key != "seed"}
+        assert (await s.sandbox.put("/_sandbox/chaos", json=calm | {"approvalTimeoutRate": 1})).status_code == 200
+        before, _ = await s.balance("buyer")
+        unheard = await started("buyer", await s.buy("buyer", await s.cheapest_listings("buyer", 1)))
+        gave_up = await s.decided(unheard["assetpayId"])
+        assert (gave_up["status"], gave_up["error"]) == ("failed", "APPROVAL_TIMEOUT")
+        await s.settled("buyer", unheard)
+        assert (await s.balance("buyer"))[0] == before
+        assert (await s.sandbox.put("/_sandbox/chaos", json=calm)).status_code == 200
     # ... refused for the balance: up front when the balance cannot cover it, and never below zero.
     available, _ = await s.balance("buyer")
     too_dear = await s.withdraw("buyer", [{"id": listings[0]["id"], "price": str(available + 1)}])

@@ -19,6 +19,7 @@ from assetpay_merchant.api.deps import ResourcesDep
 from assetpay_merchant.api.schemas import error
 from assetpay_merchant.core.errors import Forbidden, Unauthorized
 from assetpay_merchant.core.vocabulary import MAX_USER_ID_LENGTH
+from assetpay_merchant.observability import USER_ID
 
 _bearer = HTTPBearer(auto_error=False, description="JWT issued by the merchant platform; `sub` = user id")
 _admin_key = APIKeyHeader(name="X-Admin-Key", auto_error=False, description="Server-to-server key of the platform")
@@ -58,15 +59,18 @@ class TokenVerifier:
         return subject
 
 
-def current_user_id(
+async def current_user_id(
     resources: ResourcesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 ) -> str:
+    # async: FastAPI runs a sync dependency in a worker thread, where the user id set for the logs would be lost.
     if credentials is None:
         raise Unauthorized("Send Authorization: Bearer <token>", key="AUTH_REQUIRED")
-    return resources.verify_user_token(credentials.credentials)
+    user_id = resources.verify_user_token(credentials.credentials)
+    USER_ID.set(user_id)  # for the rest of the request's log lines (the request-id middleware ends it)
+    return user_id
 
 
-def require_admin(resources: ResourcesDep, key: Annotated[str | None, Security(_admin_key)]) -> None:
+async def require_admin(resources: ResourcesDep, key: Annotated[str | None, Security(_admin_key)]) -> None:
     if not key:
         raise Unauthorized("Send the X-Admin-Key header", key="ADMIN_KEY_REQUIRED")
     if not hmac.compare_digest(key.encode(), resources.settings.admin_api_key):

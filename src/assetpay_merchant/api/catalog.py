@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from assetpay_merchant.api.auth import UNAUTHORIZED, UserId
 from assetpay_merchant.api.deps import ResourcesDep
-from assetpay_merchant.api.schemas import UPSTREAM, MoneyQuery
+from assetpay_merchant.api.schemas import UPSTREAM, MoneyQuery, Responses, error
 from assetpay_merchant.core.vocabulary import GameId, MarketSort
 from assetpay_merchant.services.catalog import InventoryQuery, MarketQuery
 from assetpay_merchant.services.views import Money
@@ -50,6 +50,15 @@ class MarketOut(BaseModel):
     count: int
 
 
+CATALOG_ERRORS: Responses = {
+    **UPSTREAM,
+    429: error(
+        "TOO_MANY_REQUESTS: the user's own allowance of these requests is used up; ASSETPAY_QUOTA_EXHAUSTED: the "
+        "merchant's AssetPay quota, shared by all its users, is; RATE_LIMITED: AssetPay's limit",
+        retry_after=True,
+    ),
+}
+
 Game = Annotated[GameId, Query(description="730 (CS2) or 252490 (Rust)")]
 Search = Annotated[str | None, Query(max_length=100)]
 Price = Annotated[MoneyQuery | None, Query(description="A decimal string such as 10.75")]
@@ -60,7 +69,7 @@ Page = Annotated[int, Query(ge=1, le=10_000)]
     "/inventory",
     response_model=InventoryOut,
     summary="The user's Steam inventory with prices and instant-credit estimate",
-    responses=UPSTREAM,
+    responses=CATALOG_ERRORS,
 )
 async def inventory(
     user_id: UserId,
@@ -83,7 +92,7 @@ async def inventory(
     summary="Market listings the user can buy",
     description="Identical queries are answered from a cache for a few seconds (MARKET_CACHE_TTL_SECONDS).",
     response_model=MarketOut,
-    responses=UPSTREAM,
+    responses=CATALOG_ERRORS,
 )
 async def market(
     user_id: UserId,

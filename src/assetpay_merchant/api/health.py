@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from assetpay_merchant.api.deps import ResourcesDep
 from assetpay_merchant.api.schemas import error
 from assetpay_merchant.observability import METRICS_CONTENT_TYPE, exposition
+from assetpay_merchant.services.ratelimits import RateLimits
 from assetpay_merchant.store.schema_version import HEAD_REVISION
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,12 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: database reachable and migrated to head",
+    description="`warnings` lists what AssetPay reported broken in the merchant's setup lately (no callback URL, "
+    "this server's IP denied, ...), each with the fix. They do not make the process unready: it serves what it "
+    "can, and restarting it or routing around it would fix nothing.",
     responses={503: error("DATABASE_UNAVAILABLE or MIGRATIONS_PENDING: not ready to serve")},
 )
-async def readyz(resources: ResourcesDep) -> JSONResponse:
+async def readyz(request: Request, resources: ResourcesDep) -> JSONResponse:
     expected = HEAD_REVISION
     try:
         async with resources.database.engine.connect() as connection:
@@ -38,7 +42,12 @@ async def readyz(resources: ResourcesDep) -> JSONResponse:
         return _not_ready("DATABASE_UNAVAILABLE", "The database cannot be reached or is not migrated")
     if current != expected:
         return _not_ready("MIGRATIONS_PENDING", f"Database is at {current}, code expects {expected}")
-    return JSONResponse({"status": "ready", "database": "ok", "migration": current})
+    body: dict[str, object] = {"status": "ready", "database": "ok", "migration": current}
+    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+    warnings = limits.setup.warnings() if limits is not None else []
+    if warnings:
+        body["warnings"] = warnings
+    return JSONResponse(body)
 
 
 def _not_ready(key: str, message: str) -> JSONResponse:

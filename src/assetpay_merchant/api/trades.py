@@ -254,13 +254,21 @@ DEPOSIT_ERRORS: Responses = {
     ),
     429: error(
         "TOO_MANY_ACTIVE_TRADES: five deposits wait for acceptance; RATE_LIMITED: ten deposits in five minutes, or "
-        "AssetPay's limit",
+        "AssetPay's limit; TOO_MANY_REQUESTS: the user's allowance of trades a minute is used up; "
+        "ASSETPAY_QUOTA_EXHAUSTED: the merchant's AssetPay quota, shared by all its users, is (the trade is failed "
+        "unsent, `tradeId`)",
         retry_after=True,
     ),
 }
 WITHDRAWAL_ERRORS: Responses = {
     **_STARTS,
     402: error("INSUFFICIENT_BALANCE: the balance does not cover the prices"),
+    429: error(
+        "TOO_MANY_REQUESTS: the user's allowance of trades a minute is used up; ASSETPAY_QUOTA_EXHAUSTED: the "
+        "merchant's AssetPay quota, shared by all its users, is (the trade is failed unsent, `tradeId`); "
+        "RATE_LIMITED: AssetPay's limit",
+        retry_after=True,
+    ),
     422: error(
         "VALIDATION_FAILED (`fields`): the body does not match this document, or an item's `maxPrice` is below its "
         f"`price` (`items.<n>`), or AssetPay refused it; INVALID_TRADE_URL: the profile's trade URL. {BODY_REFUSED}"
@@ -289,7 +297,15 @@ async def _create(
             return JSONResponse(outcome.body, status_code=outcome.status, headers={"Idempotent-Replayed": "true"})
         claim = outcome
     try:
-        started = await trading.start(database, resources.assetpay, user_id=user_id, order=order, claim=claim, now=now)
+        started = await trading.start(
+            database,
+            resources.assetpay,
+            user_id=user_id,
+            order=order,
+            claim=claim,
+            now=now,
+            limits=getattr(request.app.state, "rate_limits", None),
+        )
     except Exception as error:
         if claim is not None:
             rendered = render(error)

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from assetpay_merchant.api.deps import get_resources
+from assetpay_merchant.api.deps import resources_of
 from assetpay_merchant.core.errors import PayloadTooLarge, Unauthorized
 from assetpay_merchant.gateway.callbacks import InvalidJSON, InvalidTrade, classify, decode_json, is_test_ping
 from assetpay_merchant.gateway.signature import SIGNATURE_HEADER, SignatureError, verify
@@ -37,7 +37,7 @@ router = APIRouter(tags=["webhooks"])
 )
 async def assetpay_callback(request: Request) -> JSONResponse:
     started = time.perf_counter()
-    resources = get_resources(request)  # read directly: no dependency resolution on the busiest route
+    resources = resources_of(request)  # read directly: no dependency resolution on the busiest route
     settings = resources.settings
     raw = await _body(request, settings.max_webhook_body_bytes)
     header = request.headers.get(SIGNATURE_HEADER)

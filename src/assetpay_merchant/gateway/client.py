@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from enum import StrEnum
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -88,6 +89,41 @@ REQUEST_SECONDS = Histogram(
 )
 
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+class RouteClass(StrEnum):
+    """AssetPay's rate limits are per merchant and per class of route (ASSETPAY.md §10); every request is one."""
+
+    INVENTORY = "inventory"
+    MARKET = "market"
+    DEPOSIT = "deposit"
+    WITHDRAW = "withdraw"
+    LOOKUP = "lookup"
+    """`GET /secure/trades/{refs}`: reconciliation, the feed's nudges and settling unknown outcomes share it."""
+    OTHER = "other"
+    """Cancels, identity verification, client tokens: AssetPay publishes no limit for these."""
+
+
+_ROUTE_CLASSES = {
+    "inventory": RouteClass.INVENTORY,
+    "market": RouteClass.MARKET,
+    "deposit": RouteClass.DEPOSIT,
+    "withdraw": RouteClass.WITHDRAW,
+    "get_trades": RouteClass.LOOKUP,
+}
+
+
+class CallPolicy(Protocol):
+    """What the client consults around every HTTP request it sends (services/ratelimits.py is the one in use).
+
+    It is handed in rather than built here: the budget lives in the database, which the gateway knows nothing of.
+    """
+
+    async def before_request(self, route: RouteClass) -> None:
+        """Called before each request is sent (retries included); raises an AssetPayError to refuse it unsent."""
+
+    async def after_request(self, route: RouteClass, error: AssetPayError | None) -> None:
+        """Called with each request's outcome (None: AssetPay answered with success); must not raise."""
 
 
 def create_http_client(
@@ -163,7 +199,9 @@ class AssetPayClient:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        policy: CallPolicy | None = None,
     ) -> None:
+        """`policy`: asked before and told after every request (the merchant's shared rate budget); None: none."""
         if not 1 <= token_ttl <= MAX_TOKEN_TTL:
             raise ValueError(f"token_ttl must be 1..{MAX_TOKEN_TTL} seconds")
         self._http = http
@@ -176,6 +214,7 @@ class AssetPayClient:
         self._clock = clock
         self._sleep = sleep
         self._jitter = jitter
+        self._policy = policy
         self._tokens = TokenCache()
 
     def __repr__(self) -> str:
@@ -525,11 +564,16 @@ class AssetPayClient:
         """Send until there is an answer: retry where allowed, renew the client token once on INVALID_TOKEN."""
         renewed = False
         attempt = 1
+        route = _ROUTE_CLASSES.get(operation, RouteClass.OTHER)
         while True:
             headers = await self._credentials(user)
+            if self._policy is not None:
+                await self._policy.before_request(route)  # every request counts against AssetPay's limit
             outcome = await self._send(
                 operation, method, path, headers=headers, params=params, content=content, write=not idempotent
             )
+            if self._policy is not None:
+                await self._policy.after_request(route, outcome.error if isinstance(outcome, _Failure) else None)
             if isinstance(outcome, _Answer):
                 return outcome
             error = outcome.error

@@ -39,11 +39,20 @@ class ErrorKey(StrEnum):
     VERIFICATION_ALREADY_VERIFIED = "VERIFICATION_ALREADY_VERIFIED"
     VERIFICATION_IN_PROGRESS = "VERIFICATION_IN_PROGRESS"
     VERIFICATION_NOT_AVAILABLE = "VERIFICATION_NOT_AVAILABLE"
+    # AssetPay's keys that mean the merchant's own setup at AssetPay is broken (see SETUP_ERRORS)
+    MERCHANT_NO_CALLBACK_URL = "MERCHANT_NO_CALLBACK_URL"
+    MERCHANT_NO_API_SECRET = "MERCHANT_NO_API_SECRET"  # noqa: S105 (an error key, not a credential)
+    CALLBACK_URL_TEST_FAILED = "CALLBACK_URL_TEST_FAILED"
+    MERCHANT_CALLBACK_URL_DISABLED = "MERCHANT_CALLBACK_URL_DISABLED"
+    API_KEY_IP_DENIED = "API_KEY_IP_DENIED"
+    INSUFFICIENT_SCOPE = "INSUFFICIENT_SCOPE"
     # The client's own
     NETWORK_ERROR = "NETWORK_ERROR"
     TIMEOUT = "TIMEOUT"
     UNEXPECTED_RESPONSE = "UNEXPECTED_RESPONSE"
     NOT_CONFIGURED = "NOT_CONFIGURED"
+    QUOTA_EXHAUSTED = "ASSETPAY_QUOTA_EXHAUSTED"
+    """Refused before sending: the merchant's shared budget of requests for this AssetPay route is used up."""
     # AssetPay documents no keys for its refusals to link a verified identity, only its statuses (404: no verified
     # identity has the account's email); `link_verification` names them by status with these.
     VERIFICATION_IDENTITY_NOT_FOUND = "VERIFICATION_IDENTITY_NOT_FOUND"
@@ -52,6 +61,23 @@ class ErrorKey(StrEnum):
 
 REFUSAL_KEYS = frozenset({ErrorKey.FLEET_DEGRADED, ErrorKey.DEPOSIT_IN_PROGRESS, ErrorKey.WITHDRAW_IN_PROGRESS})
 """Refused before anything happened: safe to retry, even a trade-creating write."""
+
+SETUP_ERRORS: dict[str, str] = {
+    ErrorKey.MERCHANT_NO_CALLBACK_URL: "no callback URL is set at AssetPay: set it to this service's "
+    "https://<host>/webhooks/assetpay in the AssetPay dashboard",
+    ErrorKey.MERCHANT_NO_API_SECRET: "the merchant has no API secret at AssetPay, so every withdrawal fails: create "
+    "one in the AssetPay dashboard and set it as ASSETPAY_API_SECRET",
+    ErrorKey.CALLBACK_URL_TEST_FAILED: "AssetPay's test ping to the callback URL failed: make POST "
+    "/webhooks/assetpay reachable from AssetPay (it must answer within 8 s), then save the URL again",
+    ErrorKey.MERCHANT_CALLBACK_URL_DISABLED: "AssetPay disabled the callback URL (its deliveries kept failing): fix "
+    "the endpoint, then re-enable the URL in the AssetPay dashboard; no callback arrives until then",
+    ErrorKey.API_KEY_IP_DENIED: "AssetPay refused the API key from this server's address: add the server's outbound "
+    "IP to the key's allow-list in the AssetPay dashboard",
+    ErrorKey.INSUFFICIENT_SCOPE: "the API key lacks a scope this call needs: grant it to ASSETPAY_API_KEY's key in "
+    "the AssetPay dashboard",
+}
+"""AssetPay's keys that mean the merchant's setup is broken (ASSETPAY.md §10), each with the fix to name: no user
+can fix these, and callbacks may not be arriving at all."""
 
 
 class AssetPayError(Exception):

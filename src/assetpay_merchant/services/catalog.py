@@ -2,7 +2,8 @@
 
 Identical market queries share one cached upstream answer for a few seconds (AssetPay's market is the same for
 every user, and unverified merchants get 30 market requests a minute); concurrent identical inventory requests of
-one user share one upstream call.
+one user share one upstream call (an inventory is one user's, so there is nothing to share across users). Every
+inventory request and every market miss counts against the user's allowance (services/ratelimits.py).
 
 With the realtime feed on, `market_changed` keeps cached pages true to what the feed reports
 (docs/realtime-feed.md): no cached page shows a listing as it was before a change the feed reported. A page that
@@ -28,6 +29,7 @@ from assetpay_merchant.gateway import AssetPayClient, Inventory, Item
 from assetpay_merchant.gateway.feed import MarketEvent, MarketItemChanged, MarketItemRemoved, MarketSync
 from assetpay_merchant.observability import MARKET_CACHE_FEED_UPDATES
 from assetpay_merchant.services.cache import SingleFlight, TTLCache
+from assetpay_merchant.services.ratelimits import RateLimits, UserScope
 from assetpay_merchant.services.users import identity
 from assetpay_merchant.store.database import Database
 
@@ -90,9 +92,13 @@ class Catalog:
     assetpay: AssetPayClient
     market_cache: TTLCache[CachedPage]
     inventory_flights: SingleFlight[Inventory] = field(default_factory=SingleFlight)
+    limits: RateLimits | None = None
+    """Each user's allowance of inventory requests and market misses (None: unlimited)."""
 
     async def inventory(self, user_id: str, query: InventoryQuery) -> bytes:
         """The user's inventory page as JSON: `{items, count, collateral, updatedAt}`."""
+        if self.limits is not None:
+            await self.limits.check_user(user_id, UserScope.INVENTORY)
         user = await identity(self.database, user_id)
 
         async def load() -> Inventory:
@@ -123,6 +129,10 @@ class Catalog:
         cached = self.market_cache.peek(query)
         if cached is not None:
             return cached.body
+        if self.limits is not None:
+            # Checked before joining a load in flight: a load that one user's allowance refused must not fail the
+            # other users waiting for it.
+            await self.limits.check_user(user_id, UserScope.MARKET)
         user = await identity(self.database, user_id)  # a miss asks AssetPay with this user's client token
 
         async def load() -> CachedPage:

@@ -7,7 +7,8 @@
   nudge that races a callback or repeats moves no money twice. Nudges are bounded: several for one trade while it
   waits are one lookup, up to 100 waiting trades share one request, at most `concurrency` lookups run at once, at
   most `max_pending` trades wait (beyond that they are dropped: callbacks and reconciliation still cover them), and
-  AssetPay's 429 pauses the lookups (trade lookups share the merchant's rate limit with reconciliation).
+  AssetPay's 429, or the merchant's shared lookup budget running dry (services/ratelimits.py), pauses the lookups
+  (trade lookups share the merchant's rate limit with reconciliation).
 - `deposit` / `withdrawal` (crypto funding) events are logged only.
 """
 
@@ -136,7 +137,7 @@ class TradeNudges:
             answers = await self._assetpay.get_trades(batch)
         except AssetPayError as error:
             FEED_NUDGES.labels("lookup_error").inc(len(batch))
-            if error.key == ErrorKey.RATE_LIMITED or error.status == 429:
+            if error.key in (ErrorKey.RATE_LIMITED, ErrorKey.QUOTA_EXHAUSTED) or error.status == 429:
                 pause = error.retry_after if error.retry_after else RATE_LIMIT_PAUSE
                 self._paused_until = asyncio.get_running_loop().time() + pause
                 log.warning("realtime feed: trade lookups rate limited; paused for %.0f s", pause)

@@ -7,13 +7,14 @@ approvals are applied by the settlement service, in the unit of work this module
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from assetpay_merchant.core import policy
 from assetpay_merchant.gateway.callbacks import Callback, CallbackKind, InvalidJSON, InvalidTrade, classify, decode_json
 from assetpay_merchant.gateway.signature import SignedDelivery
-from assetpay_merchant.observability import WEBHOOK_DELIVERIES
+from assetpay_merchant.observability import APPROVAL_SECONDS, DELIVERY_ID, TRADE_ID, WEBHOOK_DELIVERIES, count_approval
 from assetpay_merchant.services import settlement
 from assetpay_merchant.services.settlement import Source
 from assetpay_merchant.store import approvals, deliveries, delivery_log, trades
@@ -36,11 +37,21 @@ class IntakeResult:
     settled: settlement.Settled | None = None
 
 
+_VERDICTS = frozenset(action.value for action in policy.VerdictAction)
+
+
 async def receive(database: Database, delivery: SignedDelivery, raw: bytes, callback: Callback) -> IntakeResult:
-    """Apply one signed callback in a unit of work of its own."""
+    """Apply one signed callback in a unit of work of its own. Called at the edge of the callback's request: the
+    delivery and trade it names stay in the request's log context."""
+    started = time.perf_counter()
+    DELIVERY_ID.set(delivery.delivery_id)
     async with database.unit_of_work() as uow:
         result = await _handle(uow, delivery, raw, callback)
         uow.after_commit(lambda: WEBHOOK_DELIVERIES.labels(callback.kind.value, result.outcome).inc())
+    if result.settled is not None:
+        TRADE_ID.set(result.settled.trade.id)
+    if result.outcome in _VERDICTS:  # what AssetPay waits for before the purchase goes ahead, repeats included
+        APPROVAL_SECONDS.labels(result.outcome).observe(time.perf_counter() - started)
     return result
 
 
@@ -48,6 +59,7 @@ async def refuse(database: Database, delivery: SignedDelivery, raw: bytes, body:
     """Keep a callback we refused, for a person to review; flag the trade it names if we know it."""
     trade = body.get("trade") if isinstance(body, dict) else None
     subject_id = str(trade.get("id"))[:128] if isinstance(trade, dict) and trade.get("id") else None
+    DELIVERY_ID.set(delivery.delivery_id)
     async with database.unit_of_work() as uow:
         await _record(uow, delivery, raw, kind="trade", subject_id=subject_id, outcome="invalid", detail=error.message)
         if subject_id is not None:
@@ -89,8 +101,8 @@ async def _handle(uow: UnitOfWork, delivery: SignedDelivery, raw: bytes, callbac
     row_id = await _record(uow, delivery, raw, kind=callback.kind.value, subject_id=callback.subject_id)
     if row_id is None and not _asks_for_verdict(callback):
         return IntakeResult({**RECEIVED, "duplicate": True}, "duplicate")
-    result = await _route(uow, callback, delivery_id=delivery.delivery_id)
-    if row_id is not None:
+    result = await _route(uow, callback, delivery_id=delivery.delivery_id, row_id=row_id)
+    if row_id is not None and result.settled is None:  # settlement records its outcome itself, with the trade
         await _set_outcome(uow, row_id, result)
     return result
 
@@ -100,11 +112,14 @@ async def _set_outcome(uow: UnitOfWork, row_id: int, result: IntakeResult) -> No
     await deliveries.set_outcome(uow.db, row_id, outcome=result.outcome, trade_id=trade_id)
 
 
-async def _route(uow: UnitOfWork, callback: Callback, *, delivery_id: str) -> IntakeResult:
-    """What a recorded callback does, by kind: trade events and approvals go through the settlement path."""
+async def _route(uow: UnitOfWork, callback: Callback, *, delivery_id: str, row_id: int | None = None) -> IntakeResult:
+    """What a recorded callback does, by kind: trade events and approvals go through the settlement path.
+    `row_id`: the delivery's new row, whose outcome the settlement records with the trade."""
     if callback.trade is not None:  # a trade event, or (withdraw + initiated) an approval
         asks = callback.kind is CallbackKind.APPROVAL
-        settled = await settlement.apply(uow, callback.trade, source=Source.CALLBACK, decide_approval=asks)
+        settled = await settlement.apply(
+            uow, callback.trade, source=Source.CALLBACK, decide_approval=asks, delivery=row_id
+        )
         if settled.verdict is not None:
             result = IntakeResult(verdict_body(settled.verdict), settled.verdict.action.value, settled)
         else:
@@ -153,11 +168,14 @@ async def _crypto_verdict(uow: UnitOfWork, callback: Callback) -> policy.Verdict
     if not callback.subject_id:  # a bare 2xx would approve it: refuse what we cannot even name
         return policy.Verdict.reject("crypto withdrawal has no id")
     subject, subject_id = approvals.CRYPTO_WITHDRAWAL, callback.subject_id
+    decided = await approvals.stored(uow.db, subject=subject, subject_id=subject_id) is None
     await approvals.store(
         uow.db, subject=subject, subject_id=subject_id, verdict=policy.Verdict.reject(CRYPTO_UNSUPPORTED)
     )
     verdict = await approvals.stored(uow.db, subject=subject, subject_id=subject_id)
     assert verdict is not None
+    if decided:  # counted once per withdrawal, like the trades' verdicts
+        uow.after_commit(lambda: count_approval(verdict.action.value, verdict.reason))
     return verdict
 
 

@@ -13,7 +13,8 @@ flight here while AssetPay has moved on. A pass:
 
 Everything is idempotent: settlement posts `target - posted`, so a pass that repeats or races a callback moves no
 money twice. AssetPay refusing a lookup (rate limited, down) stops the pass where it is; every trade applied so far
-is complete, none is half done, and the next pass carries on.
+is complete, none is half done, and the next pass carries on. The merchant's shared lookup budget running dry
+(services/ratelimits.py) is waited out instead, up to `quota_wait`: the pass has no user waiting for it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -36,7 +38,7 @@ from assetpay_merchant.core import policy
 from assetpay_merchant.core.errors import DatabaseUnavailable
 from assetpay_merchant.core.money import ZERO, format_money
 from assetpay_merchant.core.vocabulary import MAX_REFS_PER_LOOKUP
-from assetpay_merchant.gateway import AssetPayClient, AssetPayError
+from assetpay_merchant.gateway import AssetPayClient, AssetPayError, ErrorKey
 from assetpay_merchant.gateway import Trade as AssetPayTrade
 from assetpay_merchant.gateway.callbacks import TradeSnapshot
 from assetpay_merchant.observability import (
@@ -44,6 +46,7 @@ from assetpay_merchant.observability import (
     RECONCILIATION_HEALED,
     RECONCILIATION_LOOKUPS,
     RECONCILIATION_PASSES,
+    log_context,
 )
 from assetpay_merchant.services import settlement
 from assetpay_merchant.services.settlement import Source
@@ -72,6 +75,8 @@ class Rules:
     """At most this many trades per pass (the longest-quiet first); the next pass takes the next ones."""
     batch_size: int = MAX_REFS_PER_LOOKUP
     """Refs per lookup request (AssetPay takes up to 100)."""
+    quota_wait: timedelta = timedelta(seconds=120)
+    """How long one lookup may wait for the merchant's shared lookup budget before the pass stops."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_REFS_PER_LOOKUP:
@@ -249,18 +254,24 @@ async def _reconcile(
     unknown_before = now - rules.unknown_after
     for start in range(0, len(candidates), rules.batch_size):
         batch = candidates[start : start + rules.batch_size]
-        await _reconcile_batch(database, assetpay, batch, unknown_before, report)
+        await _reconcile_batch(database, assetpay, batch, unknown_before, report, quota_wait=rules.quota_wait)
         if progress is not None:
             progress(report.looked_up, len(candidates))
 
 
 async def _reconcile_batch(
-    database: Database, assetpay: AssetPayClient, batch: Sequence[TradeRow], unknown_before: datetime, report: Report
+    database: Database,
+    assetpay: AssetPayClient,
+    batch: Sequence[TradeRow],
+    unknown_before: datetime,
+    report: Report,
+    *,
+    quota_wait: timedelta,
 ) -> None:
     by_assetpay_id = {trade.assetpay_id: trade for trade in batch if trade.assetpay_id is not None}
     by_external_id = {trade.external_id: trade for trade in batch if trade.assetpay_id is None and trade.external_id}
     refs = [*by_assetpay_id, *by_external_id]
-    answers = await _look_up(assetpay, refs, report)
+    answers = await _look_up(assetpay, refs, report, quota_wait=quota_wait)
     answered: set[uuid.UUID] = set()
     for answer in answers:
         ours = by_assetpay_id.get(answer.id)
@@ -270,7 +281,8 @@ async def _reconcile_batch(
             log.debug("AssetPay answered with trade %s, which we did not ask about", answer.id)
             continue
         answered.add(ours.id)
-        await _apply(database, ours, answer, report)
+        with log_context(trade_id=ours.id):
+            await _apply(database, ours, answer, report)
     report.found += len(answered)
     RECONCILIATION_LOOKUPS.labels("found").inc(len(answered))
     for ours in batch:
@@ -278,35 +290,58 @@ async def _reconcile_batch(
             continue
         ref = _ref(ours)
         assert ref is not None
-        confirmed = await _look_up(assetpay, [ref], report, count=False) if len(refs) > 1 else []
-        if confirmed:  # a batch that left out a trade it knows: apply what the lookup of it alone says
-            report.found += 1
-            RECONCILIATION_LOOKUPS.labels("found").inc()
-            await _apply(database, ours, confirmed[0], report)
-            continue
-        report.missing += 1
-        RECONCILIATION_LOOKUPS.labels("missing").inc()
-        if ours.created_at < unknown_before:
-            await _fail_unknown(database, ours, report)
-        else:
-            log.info("trade %s (%s) not known to AssetPay yet; left for a later pass", ours.id, ref)
+        confirmed = await _look_up(assetpay, [ref], report, count=False, quota_wait=quota_wait) if len(refs) > 1 else []
+        with log_context(trade_id=ours.id):
+            if confirmed:  # a batch that left out a trade it knows: apply what the lookup of it alone says
+                report.found += 1
+                RECONCILIATION_LOOKUPS.labels("found").inc()
+                await _apply(database, ours, confirmed[0], report)
+                continue
+            report.missing += 1
+            RECONCILIATION_LOOKUPS.labels("missing").inc()
+            if ours.created_at < unknown_before:
+                await _fail_unknown(database, ours, report)
+            else:
+                log.info("trade %s (%s) not known to AssetPay yet; left for a later pass", ours.id, ref)
+
+
+sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+"""How a pass waits for the lookup budget (tests replace it with a fake clock's)."""
 
 
 async def _look_up(
-    assetpay: AssetPayClient, refs: Sequence[str], report: Report, *, count: bool = True
+    assetpay: AssetPayClient,
+    refs: Sequence[str],
+    report: Report,
+    *,
+    count: bool = True,
+    quota_wait: timedelta = timedelta(0),
 ) -> list[AssetPayTrade]:
-    """AssetPay's trades for `refs` (those it does not know are missing); an error stops the pass."""
-    try:
-        answers = await assetpay.get_trades(refs)
-    except AssetPayError as error:
-        log.warning("reconciliation stopped: looking up %d trade(s) failed with %s", len(refs), error)
-        RECONCILIATION_LOOKUPS.labels("error").inc(len(refs))
-        RECONCILIATION_FAILURES.labels("assetpay_error").inc()
-        report.failures += 1
-        raise _Stop(error.key) from error
+    """AssetPay's trades for `refs` (those it does not know are missing); an error stops the pass, except the
+    merchant's lookup budget running dry, which is waited out for up to `quota_wait`."""
+    waited = 0.0
+    while True:
+        try:
+            answers = await assetpay.get_trades(refs)
+            break
+        except AssetPayError as error:
+            pause = error.retry_after
+            if error.key != ErrorKey.QUOTA_EXHAUSTED or pause is None or waited + pause > quota_wait.total_seconds():
+                _lookup_failed(refs, error, report)
+            log.info("reconciliation waits %.1f s for the merchant's lookup budget", pause)
+            await sleep(pause)
+            waited += pause
     if count:
         report.looked_up += len(refs)
     return answers
+
+
+def _lookup_failed(refs: Sequence[str], error: AssetPayError, report: Report) -> NoReturn:
+    log.warning("reconciliation stopped: looking up %d trade(s) failed with %s", len(refs), error)
+    RECONCILIATION_LOOKUPS.labels("error").inc(len(refs))
+    RECONCILIATION_FAILURES.labels("assetpay_error").inc()
+    report.failures += 1
+    raise _Stop(error.key) from error
 
 
 # -- applying -------------------------------------------------------------------------------------------------------

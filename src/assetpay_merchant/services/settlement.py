@@ -7,9 +7,9 @@ registers, reconciliation, a realtime nudge) is applied here and nowhere else, i
     decide an approval when one is asked → flag it for review → post `target - posted` → save it →
     write what the user's frontend should hear to the outbox → after commit: count it
 
-This module is the only caller of `store.ledger.post`. Order, duplicates and concurrency are harmless: the trade
-row lock serialises deliveries of one trade, an older status never moves a trade back, and what is posted is the
-difference between the trade's target and what it has already posted.
+This module is the only caller of `store.ledger.post` (which saves the trade with its entry). Order, duplicates and
+concurrency are harmless: the trade row lock serialises deliveries of one trade, an older status never moves a trade
+back, and what is posted is the difference between the trade's target and what it has already posted.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from assetpay_merchant.core import policy
 from assetpay_merchant.core.money import ZERO
 from assetpay_merchant.gateway.callbacks import TradeSnapshot
-from assetpay_merchant.observability import LEDGER_POSTINGS, SETTLEMENTS
+from assetpay_merchant.observability import LEDGER_POSTINGS, SETTLEMENTS, TRADE_ID, count_approval
 from assetpay_merchant.services.views import trade_json
 from assetpay_merchant.store import approvals, events, ledger, trades
 from assetpay_merchant.store.database import UnitOfWork
@@ -64,11 +64,13 @@ async def apply(
     source: Source,
     user_id: str | None = None,
     decide_approval: bool = False,
+    delivery: int | None = None,
 ) -> Settled:
     """Apply AssetPay's snapshot of one trade. `user_id`: whose trade it is when AssetPay's fields do not say
     (another offer of a basket a user of ours started). `decide_approval`: AssetPay asks whether this withdrawal
     may go ahead; the verdict (stored once per trade, repeated to every re-ask) is in the result, and an approval
-    is debited before it is given."""
+    is debited before it is given. `delivery`: the recorded callback (its `webhook_deliveries` row) that brought
+    the snapshot; its outcome (the verdict's action, else the settlement's outcome) is written with the trade."""
     trade, created = await _lock_or_record(uow, snapshot, user_id)
     before = None if created else _shown(trade)
     step = fold(trade, snapshot)
@@ -80,6 +82,7 @@ async def apply(
         outcome="created" if created else step.value,
         user_hint=user_id,
         charge=snapshot.total_price if decide_approval else None,
+        delivery=delivery,
     )
 
 
@@ -139,12 +142,19 @@ async def _lock_or_record(uow: UnitOfWork, snapshot: TradeSnapshot, user_hint: s
     deliveries of one trade race on the unique AssetPay id: one inserts, the others wait for it, then lock its row.
     """
     db = uow.db
-    trade = await trades.lock_by_ref(db, assetpay_id=snapshot.id, external_id=snapshot.external_id)
+    if user_hint is None:  # whose a new trade would be comes with the lock (one round trip)
+        trade, user_id = await trades.lock_by_ref_or_owner(
+            db,
+            assetpay_id=snapshot.id,
+            external_id=snapshot.external_id,
+            user_id=snapshot.external_client_user_id,
+            steam_id=snapshot.client_steam_id,
+        )
+    else:
+        trade = await trades.lock_by_ref(db, assetpay_id=snapshot.id, external_id=snapshot.external_id)
+        user_id = user_hint
     if trade is not None:
         return trade, False
-    user_id = user_hint or await trades.find_user_id(
-        db, user_id=snapshot.external_client_user_id, steam_id=snapshot.client_steam_id
-    )
     new = _new_trade(snapshot, user_id)
     recorded = await trades.insert(db, new)
     if recorded is None and snapshot.external_id is not None:
@@ -220,9 +230,37 @@ async def _settle(
     outcome: str,
     user_hint: str | None = None,
     charge: Decimal | None = None,
+    delivery: int | None = None,
 ) -> Settled:
     """Attribute, decide, flag, post the difference to the target, save, announce, and count it once committed.
     `before`: what the user saw of the trade before this news (None: the trade is new to them)."""
+    context = TRADE_ID.set(trade.id)  # what is logged meanwhile is about this trade
+    try:
+        return await _settle_locked(
+            uow,
+            trade,
+            before=before,
+            source=source,
+            outcome=outcome,
+            user_hint=user_hint,
+            charge=charge,
+            delivery=delivery,
+        )
+    finally:
+        TRADE_ID.reset(context)
+
+
+async def _settle_locked(
+    uow: UnitOfWork,
+    trade: TradeRow,
+    *,
+    before: Sequence[Any] | None,
+    source: Source,
+    outcome: str,
+    user_hint: str | None,
+    charge: Decimal | None,
+    delivery: int | None,
+) -> Settled:
     db = uow.db
     if trade.user_id is None:
         trade.user_id = user_hint or await trades.find_user_id(
@@ -236,8 +274,8 @@ async def _settle(
     reason = policy.review_reason(trade.facts())
     if reason is not None:
         trade.flag(reason)
-    posting = await _post_difference(uow, trade)
-    await trades.save(db, trade)
+    told = None if delivery is None else (delivery, verdict.action.value if verdict is not None else outcome)
+    posting = await _post_difference(uow, trade, delivery=told)
     if trade.user_id is not None:
         changed = before is None or _shown(trade) != before
         await events.append(
@@ -291,26 +329,21 @@ async def _decide_approval(uow: UnitOfWork, trade: TradeRow, charge: Decimal) ->
     await approvals.store(
         db, subject=approvals.TRADE, subject_id=trade.assetpay_id, verdict=verdict, trade_id=trade.id, amount=charge
     )
+    uow.after_commit(lambda: count_approval(verdict.action.value, verdict.reason))
     return verdict
 
 
-async def _post_difference(uow: UnitOfWork, trade: TradeRow) -> Posting | None:
-    """Post `target - posted` for the locked trade, so that it has posted exactly its target."""
-    if trade.user_id is None:
-        return None
-    facts = trade.facts()
-    delta = policy.target(facts) - trade.posted
-    if delta == 0:
-        return None
-    posting = await ledger.post(
-        uow.db,
-        user_id=trade.user_id,
-        trade_id=trade.id,
-        amount=delta,
-        kind=policy.entry_kind(facts.type, facts.status, delta),
-    )
-    trade.posted += delta
-    return posting
+async def _post_difference(uow: UnitOfWork, trade: TradeRow, *, delivery: tuple[int, str] | None) -> Posting | None:
+    """Post `target - posted` for the locked trade, so that it has posted exactly its target, and save it (one
+    statement, with the delivery's outcome when there is one)."""
+    delta, kind = ZERO, None
+    if trade.user_id is not None:
+        facts = trade.facts()
+        delta = policy.target(facts) - trade.posted
+        if delta != 0:
+            kind = policy.entry_kind(facts.type, facts.status, delta)
+            trade.posted += delta
+    return await ledger.post(uow.db, trade, amount=delta, kind=kind, delivery=delivery)
 
 
 def _count(settled: Settled) -> None:

@@ -36,6 +36,7 @@ from assetpay_merchant.gateway import (
 from assetpay_merchant.gateway import Trade as AssetPayTrade
 from assetpay_merchant.gateway.callbacks import TradeSnapshot
 from assetpay_merchant.services import settlement
+from assetpay_merchant.services.ratelimits import RateLimits, UserScope
 from assetpay_merchant.services.settlement import Source
 from assetpay_merchant.services.users import USER_NOT_FOUND, identity_of
 from assetpay_merchant.store import idempotency, ledger, trades, users
@@ -112,9 +113,11 @@ async def start(
     order: Order,
     claim: Claim | None,
     now: datetime,
+    limits: RateLimits | None = None,
 ) -> Started:
-    """Record, ask, settle. A definitive refusal marks the trade failed; a lost answer leaves it recorded."""
-    trade, user = await _record(database, user_id=user_id, order=order, claim=claim, now=now)
+    """Record, ask, settle. A definitive refusal marks the trade failed; a lost answer leaves it recorded.
+    `limits`: the user's allowance of trades started (None: unlimited)."""
+    trade, user = await _record(database, user_id=user_id, order=order, claim=claim, now=now, limits=limits)
     if trade.assetpay_id is not None:  # an earlier attempt got through (its callback or answer linked it)
         return Started(trade, [])
     if trade.status != Status.INITIATED:
@@ -139,7 +142,7 @@ async def start(
 
 
 async def _record(
-    database: Database, *, user_id: str, order: Order, claim: Claim | None, now: datetime
+    database: Database, *, user_id: str, order: Order, claim: Claim | None, now: datetime, limits: RateLimits | None
 ) -> tuple[TradeRow, UserRow]:
     """Commit our trade (or find the one an earlier attempt with the same key recorded)."""
     async with database.unit_of_work() as uow:
@@ -152,6 +155,8 @@ async def _record(
             refused = earlier is not None and earlier.status == Status.FAILED and earlier.assetpay_id is None
             if earlier is not None and not refused:  # a refused attempt (503, 429) freed the key: start anew
                 return earlier, user
+        if limits is not None:  # in this transaction: a trade refused below costs the user no allowance
+            await limits.check_user(user_id, UserScope.TRADES, db=db)
         if isinstance(order, DepositOrder):
             await _check_deposit_guard(db, user_id, now)
             trade_type, authorised = TradeType.DEPOSIT, None

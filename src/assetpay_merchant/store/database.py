@@ -7,8 +7,10 @@
 
 The money path runs prepared SQL on the driver (asyncpg) connection, typed as `Connection`, inside a transaction the
 driver owns: none of SQLAlchemy's per-statement work is in the way of a callback. A connection that died (the
-database restarted, a failover) is never lent again (see `_Liveness`), and a database that cannot be reached is one
-error, `DatabaseUnavailable`, that the API answers with 503 and `Retry-After`.
+database restarted, a failover) is never lent again (see `_Liveness`), and a database that cannot serve is one
+error, `DatabaseUnavailable`, that the API answers with 503 and `Retry-After`; its key says why: unreachable
+(`DATABASE_UNAVAILABLE`), every pooled connection busy past the pool timeout (`DATABASE_BUSY`), or a statement that
+ran or waited for a lock past its timeout (`DATABASE_TIMEOUT`, rolled back with its whole transaction).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -48,8 +51,50 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.CannotConnectNowError,  # 57P03: the server is starting up
     asyncpg.exceptions.CrashShutdownError,  # 57P02: another backend crashed
     asyncpg.InternalClientError,  # the driver caught mid-statement by the server's termination message
-    sa_exc.TimeoutError,  # no pooled connection came free in time
 )
+# What a statement that took too long looks like: `statement_timeout` cancelled it (57014, also an operator's
+# pg_cancel_backend), or `lock_timeout` gave up waiting for a lock (55P03). Either aborts the transaction.
+_TIMED_OUT: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.LockNotAvailableError,
+)
+BUSY = "DATABASE_BUSY"
+TIMED_OUT = "DATABASE_TIMEOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTimeouts:
+    """Bounds on the server side for every statement on the app's connections (seconds; 0: none): how long one may
+    run (`statement_timeout`), and how long it may wait for a lock (`lock_timeout`)."""
+
+    statement: float = 0.0
+    lock: float = 0.0
+
+    def server_settings(self) -> dict[str, str]:
+        """As PostgreSQL startup parameters, in milliseconds (no unit: the server's default unit for both)."""
+        settings = {"statement_timeout": self.statement, "lock_timeout": self.lock}
+        return {name: str(round(seconds * 1000)) for name, seconds in settings.items() if seconds > 0}
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, the driver error SQLAlchemy wrapped in it, and their causes (a few levels: no cycle runs forever)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and len(seen) < 5 and not any(current is s for s in seen):
+        seen.append(current)
+        yield current
+        orig = current.orig if isinstance(current, sa_exc.DBAPIError) else None
+        current = orig if isinstance(orig, BaseException) else current.__cause__
+
+
+def is_timed_out(error: BaseException) -> bool:
+    """True when a statement was cancelled by a statement or lock timeout (the connection itself is fine)."""
+    return any(isinstance(link, _TIMED_OUT) for link in _chain(error))
+
+
+def is_pool_timeout(error: BaseException) -> bool:
+    """True when no pooled connection came free within the pool timeout (the database itself may be fine)."""
+    return isinstance(error, sa_exc.TimeoutError)
 
 
 def is_unreachable(error: BaseException) -> bool:
@@ -75,9 +120,17 @@ def driver_dsn(url: str | URL) -> str:
     return async_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine(url: str | URL, *, transaction_pooling: bool = False, **kwargs: Any) -> AsyncEngine:
+def create_engine(
+    url: str | URL, *, transaction_pooling: bool = False, timeouts: StatementTimeouts | None = None, **kwargs: Any
+) -> AsyncEngine:
     """An asyncpg engine whose pool never lends a connection known or likely to be dead (see `_Liveness`);
     `kwargs` go to SQLAlchemy (pool sizes, `poolclass=NullPool`).
+
+    `timeouts` are set on each connection as it opens (startup parameters: no round trip), so a statement stuck
+    behind a lock fails instead of holding a request, and its pooled connection, without end. Not past a
+    transaction-mode pooler, which refuses startup parameters it does not track (PgBouncer: `unsupported startup
+    parameter`) and would not keep them on every server session anyway: there, set them on the database role
+    (`ALTER ROLE ... SET statement_timeout = ...`), which every server session it opens starts with.
 
     `transaction_pooling`: the connections go through a pooler in transaction mode (PgBouncer before 1.21, or
     without `max_prepared_statements`): each transaction of a client connection may run on another server session,
@@ -90,6 +143,8 @@ def create_engine(url: str | URL, *, transaction_pooling: bool = False, **kwargs
     connect_args: dict[str, Any] = {"timeout": CONNECT_TIMEOUT_SECONDS}
     if transaction_pooling:
         connect_args |= {"statement_cache_size": 0, "prepared_statement_cache_size": 0}
+    elif timeouts is not None and timeouts.server_settings():
+        connect_args["server_settings"] = timeouts.server_settings()
     connect_args |= kwargs.pop("connect_args", {})
     engine = create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
     _liveness(engine)
@@ -222,8 +277,9 @@ class Database:
             async with self._sessions() as session:
                 yield session
         except Exception as error:
-            if is_unreachable(error):
-                raise _unavailable(error) from error
+            translated = self._translate(error)
+            if translated is not None:
+                raise translated from error
             raise
 
     @asynccontextmanager
@@ -241,20 +297,33 @@ class Database:
         try:
             connection = await self.engine.connect()
         except Exception as error:
-            if is_unreachable(error):
-                self._liveness.found_dead()
-                raise _unavailable(error) from error
+            translated = self._translate(error)
+            if translated is not None:
+                raise translated from error
             raise
         try:
             yield connection
         except BaseException as error:
-            if is_unreachable(error):
-                self._liveness.found_dead()  # the others may be dead too: check each before it is lent again
-                await connection.invalidate()
-                raise _unavailable(error) from error
-            raise
+            translated = self._translate(error)
+            if translated is None:
+                raise
+            if translated.key == DatabaseUnavailable.key:
+                await connection.invalidate()  # dead: never lent again
+            raise translated from error
         finally:
             await connection.close()
+
+    def _translate(self, error: BaseException) -> DatabaseUnavailable | None:
+        """The DatabaseUnavailable that `error` means (its key says why), or None for any other failure. A timeout
+        says nothing about the connection (it stays pooled); a dead one makes every pooled one doubtful."""
+        if is_pool_timeout(error):
+            return _busy(error)
+        if is_timed_out(error):
+            return _timed_out(error)
+        if is_unreachable(error):
+            self._liveness.found_dead()  # the others may be dead too: check each before it is lent again
+            return _unavailable(error)
+        return None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -263,3 +332,19 @@ class Database:
 def _unavailable(error: BaseException) -> DatabaseUnavailable:
     log.warning("database unavailable: %s: %s", type(error).__name__, error)
     return DatabaseUnavailable("The database is unavailable; retry shortly", retry_after=RETRY_AFTER_SECONDS)
+
+
+def _busy(error: BaseException) -> DatabaseUnavailable:
+    log.warning("database busy: no pooled connection came free in time (%s)", error)
+    return DatabaseUnavailable(
+        "Every database connection is busy; retry shortly", key=BUSY, retry_after=RETRY_AFTER_SECONDS
+    )
+
+
+def _timed_out(error: BaseException) -> DatabaseUnavailable:
+    log.warning("database statement timed out: %s: %s", type(error).__name__, error)
+    return DatabaseUnavailable(
+        "The database did not answer in time (a statement or lock timeout); retry shortly",
+        key=TIMED_OUT,
+        retry_after=RETRY_AFTER_SECONDS,
+    )

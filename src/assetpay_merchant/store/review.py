@@ -61,6 +61,11 @@ async def search(db: Connection, where: TradeFilter, *, before: TradeKey | None,
     return [TradeRow.from_record(record) for record in await db.fetch(sql, *values)]
 
 
+async def queue_size(db: Connection) -> int:
+    """How many trades wait on the review queue (read from its partial index)."""
+    return int(await db.fetchval("SELECT count(*) FROM trades WHERE needs_review"))
+
+
 @dataclass(frozen=True, slots=True)
 class HistoryRow:
     id: int

@@ -147,6 +147,18 @@ ORDER BY assetpay_id = $1 DESC NULLS LAST
 LIMIT 1
 FOR UPDATE
 """
+# lock_by_ref and, only when there is no such trade yet, find_user_id for the new one: one round trip for the first
+# callback of a trade. The user is looked up behind a one-time filter (`t.id IS NULL`), so a trade found costs no
+# lookup.
+_LOCK_BY_REF_OR_OWNER = f"""
+SELECT t.*, owner.id AS owner FROM (SELECT 1) AS one
+LEFT JOIN LATERAL ({_LOCK_BY_REF}) AS t ON true
+LEFT JOIN LATERAL (
+    SELECT id FROM users WHERE (id = $3 OR steam_id = $4) AND t.id IS NULL
+    ORDER BY id = $3 DESC NULLS LAST
+    LIMIT 1
+) AS owner ON true
+"""  # noqa: S608 (the table's own column names, no input)
 _INSERT = f"""
 INSERT INTO trades ({", ".join(_INSERTED)}) VALUES ({_PLACEHOLDERS})
 ON CONFLICT DO NOTHING
@@ -172,6 +184,22 @@ WHERE assetpay_id = $1 AND review_reason IS NULL
 def _value(trade: TradeRow, name: str) -> Any:
     value = getattr(trade, name)
     return json.dumps(value) if name == "items" else value
+
+
+SAVE_PARAMETERS = len(_SAVED) + 1
+"""How many parameters `_SAVE` takes: $1 the trade's id, then `save_values(trade)`."""
+USER_PARAMETER = _SAVED.index("user_id") + 2
+"""The number of `_SAVE`'s parameter that carries the trade's user id."""
+
+
+def save_statement() -> str:
+    """`save`'s UPDATE (RETURNING updated_at), for a statement that saves a trade along with other writes."""
+    return _SAVE
+
+
+def save_values(trade: TradeRow) -> list[Any]:
+    """`_SAVE`'s parameters after the trade's id."""
+    return [_value(trade, name) for name in _SAVED]
 
 
 async def find_user_id(db: Connection, *, user_id: str | None, steam_id: str | None) -> str | None:
@@ -200,6 +228,18 @@ async def lock_by_ref(db: Connection, *, assetpay_id: str, external_id: str | No
     return TradeRow.from_record(record) if record is not None else None
 
 
+async def lock_by_ref_or_owner(
+    db: Connection, *, assetpay_id: str, external_id: str | None, user_id: str | None, steam_id: str | None
+) -> tuple[TradeRow | None, str | None]:
+    """`lock_by_ref`; when there is no such trade, also `find_user_id(user_id, steam_id)` for recording it (None
+    when the trade was found). One statement."""
+    record = await db.fetchrow(_LOCK_BY_REF_OR_OWNER, assetpay_id, external_id, user_id, steam_id)
+    assert record is not None  # the outer SELECT always has its one row
+    values = dict(record)
+    owner: str | None = values.pop("owner")
+    return (TradeRow.from_record(values) if values["id"] is not None else None), owner
+
+
 async def insert(db: Connection, trade: TradeRow) -> TradeRow | None:
     """Record a new trade; the row (ours, so locked until commit), or None when a unique id was taken first."""
     record = await db.fetchrow(_INSERT, *(_value(trade, name) for name in _INSERTED))
@@ -208,7 +248,7 @@ async def insert(db: Connection, trade: TradeRow) -> TradeRow | None:
 
 async def save(db: Connection, trade: TradeRow) -> None:
     """Write back what a unit of work changed in a locked trade."""
-    trade.updated_at = await db.fetchval(_SAVE, trade.id, *(_value(trade, name) for name in _SAVED))
+    trade.updated_at = await db.fetchval(_SAVE, trade.id, *save_values(trade))
 
 
 async def orphans(db: Connection, *, user_id: str, steam_id: str) -> list[uuid.UUID]:
