@@ -169,7 +169,7 @@ def _quiet_progress_logs() -> Iterator[None]:
 
 
 async def _reconcile(settings: Settings, url: str, *, older_than: float | None, dry_run: bool) -> int:
-    from assetpay_merchant.app import assetpay_client, http_client, reconcile_rules
+    from assetpay_merchant.app import assetpay_client, http_client, rate_limits, reconcile_rules
 
     database = Database(
         create_engine(url, pool_size=2, max_overflow=2, transaction_pooling=settings.transaction_pooling),
@@ -181,7 +181,7 @@ async def _reconcile(settings: Settings, url: str, *, older_than: float | None, 
         with _quiet_progress_logs():
             report = await reconciliation.run_pass(
                 database,
-                assetpay_client(settings, http),
+                assetpay_client(settings, http, rate_limits(settings, database)),  # the budget `serve` spends too
                 reconcile_rules(settings, older_than=older_than),
                 dry_run=dry_run,
                 progress=bar,

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 PREFIX = "/v1"
 METHODS = ("GET", "POST")  # the end-user API's; PUT is the platform's (admin key), never a browser's
 REQUEST_HEADERS = ("Authorization", "Content-Type", "Idempotency-Key")
-EXPOSED_HEADERS = ("Retry-After", "Idempotent-Replayed")  # what a frontend reads beyond the CORS-safelisted ones
+# What a frontend reads beyond the CORS-safelisted headers (X-Request-Id: to quote in a support ticket).
+EXPOSED_HEADERS = ("Retry-After", "Idempotent-Replayed", "X-Request-Id")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 

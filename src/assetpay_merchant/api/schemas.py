@@ -169,7 +169,11 @@ BODY_REFUSED = (
 VALIDATION = error(
     f"VALIDATION_FAILED: the request does not match this document; `fields` names each bad field ({BODY_REFUSED})"
 )
-DATABASE = error("DATABASE_UNAVAILABLE: the database cannot be reached; retry shortly", retry_after=True)
+DATABASE = error(
+    "DATABASE_UNAVAILABLE (cannot be reached), DATABASE_BUSY (no free connection in time) or DATABASE_TIMEOUT "
+    "(a statement or lock wait ran out of time): nothing was changed; retry after Retry-After",
+    retry_after=True,
+)
 UPSTREAM: Responses = {
     404: error("USER_NOT_FOUND: the platform has not registered the user; NOT_FOUND: AssetPay does not know it"),
     409: error(

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocketState
 
 from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.core.errors import DatabaseUnavailable, TooManyRequests, Unauthorized
-from assetpay_merchant.observability import LIVE_EVENTS_SENT, LIVE_RESYNCS
+from assetpay_merchant.observability import LIVE_EVENTS_SENT, LIVE_RESYNCS, USER_ID
 from assetpay_merchant.services.live import Subscription
 from assetpay_merchant.store import events
 
@@ -56,6 +56,7 @@ async def live(websocket: WebSocket) -> None:
     if user_id is None:
         await websocket.close(BAD_TOKEN)
         return
+    USER_ID.set(user_id)  # the connection's log lines name its user (the request's context is reset at its end)
     raw_since = websocket.query_params.get("since")
     if raw_since is not None and not raw_since.isdigit():
         await websocket.close(BAD_REQUEST, "since must be the id of the last event you saw")
