@@ -36,39 +36,58 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@contextmanager
-def serve_process(database_url: str, workdir: Path, *, workers: int = 1, **env: str) -> Iterator[str]:
-    """`assetpay-merchant serve` on the database with real (test) secrets, until it answers /readyz; yields
-    `host:port`, and stops it on the way out."""
-    port = free_port()
-    log_path = workdir / f"serve-{port}.log"
-    environment = clean_env(DATABASE_URL=database_url, LOG_LEVEL="WARNING", **SECRETS) | env
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603
-            [str(CLI), "serve", "--port", str(port), "--workers", str(workers)],
-            env=environment,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, log_path: Path, *, timeout: float = 60.0) -> None:
+    """Block until `url` answers 200; fails with the log's tail if the process dies or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert process.poll() is None, f"{log_path.name}: the process exited\n{_tail(log_path)}"
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"serve did not become ready:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.2)
-            yield f"127.0.0.1:{port}"
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"{log_path.name}: not ready in {timeout:g} s\n{_tail(log_path)}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def running(
+    command: list[str], *, env: dict[str, str], log_path: Path, ready_url: str, timeout: float = 60.0
+) -> Iterator[None]:
+    """`command` as a child process logging to `log_path`, once `ready_url` answers 200; stopped on the way out
+    (SIGTERM, then SIGKILL after 30 s)."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        try:
+            wait_until_ready(process, ready_url, log_path, timeout=timeout)
+            yield
         finally:
             process.terminate()
             try:
                 process.wait(timeout=30)
             finally:
                 process.kill()
+
+
+def _tail(log_path: Path, size: int = 3000) -> str:
+    try:
+        return log_path.read_text(errors="replace")[-size:]
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def serve_process(database_url: str, workdir: Path, *, workers: int = 1, **env: str) -> Iterator[str]:
+    """`assetpay-merchant serve` on the database with real (test) secrets, until it answers /readyz; yields
+    `host:port`, and stops it on the way out."""
+    port = free_port()
+    with running(
+        [str(CLI), "serve", "--port", str(port), "--workers", str(workers)],
+        env=clean_env(DATABASE_URL=database_url, LOG_LEVEL="WARNING", **SECRETS) | env,
+        log_path=workdir / f"serve-{port}.log",
+        ready_url=f"http://127.0.0.1:{port}/readyz",
+    ):
+        yield f"127.0.0.1:{port}"
 
 
 class ServeProcess:
@@ -109,17 +128,8 @@ class ServeProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Block until /readyz answers 200; fails with the log's tail if the process dies or the deadline passes."""
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process is not None
-            assert self.process.poll() is None, f"serve exited:\n{self.log_tail()}"
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"serve did not become ready:\n{self.log_tail()}"
-            time.sleep(0.1)
+        assert self.process is not None
+        wait_until_ready(self.process, f"{self.base_url}/readyz", self.log_path, timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL: the process ends at once, mid-request, without any clean-up of its own."""
@@ -149,10 +159,7 @@ class ServeProcess:
             self.process.wait(timeout=30)
 
     def log_tail(self, size: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-size:]
-        except OSError:
-            return "(no log)"
+        return _tail(self.log_path, size)
 
     def __enter__(self) -> ServeProcess:
         return self

@@ -4,7 +4,6 @@ shows is checked against what the public API answers; trades are moved with the 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from assetpay_merchant.config import Settings
 from assetpay_merchant.core.money import format_money
 from assetpay_sandbox.dev import DEV_AUTH_JWT_SECRET, create_dev_app
 from assetpay_sandbox.storefront.app import demo_steam_account
-from tests.processes import CLI, clean_env, free_port
+from tests.processes import CLI, clean_env, free_port, running
 from tests.support import user_token
 
 WAIT_MS = 20_000  # generous: two CPUs are shared with other test runs
@@ -55,32 +54,10 @@ def dev_process(database_url: str, workdir: Path) -> Iterator[DevServer]:
         SANDBOX_STEP_SECONDS=MANUAL,
         SANDBOX_HOLD_SECONDS=MANUAL,
     )
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(  # noqa: S603
-            [str(CLI), "dev", "--host", "127.0.0.1", "--port", str(port)],
-            env=environment,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"dev did not become ready:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.2)
-            yield DevServer(f"http://127.0.0.1:{port}", log_path)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            finally:
-                process.kill()
+    command = [str(CLI), "dev", "--host", "127.0.0.1", "--port", str(port)]
+    ready = f"http://127.0.0.1:{port}/readyz"
+    with running(command, env=environment, log_path=log_path, ready_url=ready, timeout=90):
+        yield DevServer(f"http://127.0.0.1:{port}", log_path)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,6 @@ model computed from the sandbox's trades (AssetPay's truth), and `ledger check` 
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -26,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import CLI, SECRETS, clean_env, free_port, serve_process
+from tests.processes import CLI, SECRETS, clean_env, free_port, running, serve_process
 from tests.support import ADMIN_KEY, TRADE_URL, new_steam_id, user_token
 
 MERCHANT_ID = "5e5e5e5e-0000-4000-8000-00000000e2e0"
@@ -49,7 +47,6 @@ CHAOS = [
 @contextmanager
 def sandbox_process(workdir: Path, *, port: int, callback_url: str, chaos: list[str]) -> Iterator[str]:
     """`assetpay-merchant sandbox` with the test merchant's credentials, until its controls answer."""
-    log_path = workdir / f"sandbox-{port}.log"
     environment = clean_env(
         SANDBOX_API_KEY=SECRETS["ASSETPAY_API_KEY"],
         SANDBOX_API_SECRET=SECRETS["ASSETPAY_API_SECRET"],
@@ -60,26 +57,9 @@ def sandbox_process(workdir: Path, *, port: int, callback_url: str, chaos: list[
         str(CLI), "sandbox", "--memory", "--port", str(port), "--callback-url", callback_url,
         "--step-seconds", "3600", "--hold-seconds", "3600", *chaos,
     ]  # fmt: skip
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, env=environment, cwd=workdir, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert process.poll() is None, log_path.read_text()
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/_sandbox", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"the sandbox did not start:\n{log_path.read_text()[-3000:]}"
-                time.sleep(0.2)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            finally:
-                process.kill()
+    base = f"http://127.0.0.1:{port}"
+    with running(command, env=environment, log_path=workdir / f"sandbox-{port}.log", ready_url=f"{base}/_sandbox"):
+        yield base
 
 
 @dataclass
