@@ -33,6 +33,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -327,7 +328,7 @@ class Proxy:
 
 async def measure_route(
     route: Route, args: argparse.Namespace, stub: int, proxies: list[Proxy], users: list[str]
-) -> dict:
+) -> dict[str, Any]:
     """Straight to the stub, then through each proxy: one at a time, then with `--senders` concurrent senders."""
     upstream_headers = [{"Authorization": "Bearer client-token"} for _ in users]
     user_headers = [{"Authorization": f"Bearer {token(user)}"} for user in users]
@@ -342,7 +343,7 @@ async def measure_route(
     for p in proxies:
         with profiled(p, route, args):
             concurrents[p.name] = await concurrent(p.port, user_headers, route.backend, args.duration, p.pgid)
-    result: dict = {
+    result: dict[str, Any] = {
         "direct": {
             "sequential_p50_ms": round(direct_seq.p(0.5), 3),
             "concurrent_p50_ms": round(direct.p(0.5), 3),
@@ -387,7 +388,7 @@ def profiled(proxy: Proxy, route: Route, args: argparse.Namespace) -> Iterator[N
         log(f"profile of {route.name} written to {output}")
 
 
-def verdicts(results: dict[str, dict]) -> dict[str, bool]:
+def verdicts(results: dict[str, dict[str, Any]]) -> dict[str, bool]:
     """Each target, by route: the backend against the peer and the direct figures of the same run."""
     checks: dict[str, bool] = {}
     for name, r in results.items():
@@ -412,7 +413,7 @@ def verdicts(results: dict[str, dict]) -> dict[str, bool]:
 async def main(args: argparse.Namespace) -> int:
     stub_port, peer_port = free_port(), free_port()
     users = [f"bench-user-{n}" for n in range(args.senders)]
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     stub_command = [
         *(sys.executable, __file__, "--serve-stub", str(stub_port)),
         *("--upstream-ms", str(args.upstream_ms), "--page-size", str(args.page_size)),
@@ -463,7 +464,7 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def report(
-    results: dict[str, dict],
+    results: dict[str, dict[str, Any]],
     checks: dict[str, bool],
     args: argparse.Namespace,
     load_before: tuple[float, float, float],

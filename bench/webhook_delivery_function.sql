@@ -1,8 +1,9 @@
--- The work of one AssetPay trade callback in ONE round trip: the statements of bench/webhook_delivery.sql (the
--- app's, in the app's order: record the delivery, lock the trade, find the user, record the trade, post the
--- ledger entry with the cached balance, save the trade, append the outbox events with their NOTIFY, set the
--- delivery's outcome) run by a PL/pgSQL function that pgbench calls once per delivery
--- (bench/webhook_delivery_1rt.sql). It is what the same database work costs with no round trips in between: the
+-- The work of one AssetPay trade callback in ONE round trip: the writes of bench/webhook_delivery.sql (the app's:
+-- record the delivery, lock the trade, find the user, record the trade, post the ledger entry with the cached
+-- balance, save the trade, append the outbox events with their NOTIFY, set the delivery's outcome) run by a
+-- PL/pgSQL function that pgbench calls once per delivery
+-- (bench/webhook_delivery_1rt.sql). Its ids (pg1-...) are its own, so it can follow the statement-by-statement run
+-- on the same database. It is what the same database work costs with no round trips in between: the
 -- floor the app's rate is compared with. bench/webhooks.py creates it in the scratch database only.
 --
 -- p_kind: 'hold' (a new trade, pre-credited), 'completed' (credit the rest) or 'reverted' (take the pre-credit back).
@@ -24,7 +25,7 @@ DECLARE
     notified bigint;
 BEGIN
     INSERT INTO webhook_deliveries (delivery_id, kind, outcome, detail, subject_id, signed_at, raw_body)
-    VALUES ('pgb-d-' || dkey, 'trade', 'received', NULL, 'pgb-t-' || tkey, now(), p_raw_body)
+    VALUES ('pg1-d-' || dkey, 'trade', 'received', NULL, 'pg1-t-' || tkey, now(), p_raw_body)
     ON CONFLICT (delivery_id) DO NOTHING
     RETURNING id INTO delivery_row;
     IF delivery_row IS NULL THEN
@@ -32,8 +33,8 @@ BEGIN
     END IF;
 
     SELECT * INTO trade_row FROM trades
-    WHERE assetpay_id = 'pgb-t-' || tkey OR (external_id = 'pgb-x-' || tkey AND assetpay_id IS NULL)
-    ORDER BY assetpay_id = 'pgb-t-' || tkey DESC NULLS LAST
+    WHERE assetpay_id = 'pg1-t-' || tkey OR (external_id = 'pg1-x-' || tkey AND assetpay_id IS NULL)
+    ORDER BY assetpay_id = 'pg1-t-' || tkey DESC NULLS LAST
     LIMIT 1
     FOR UPDATE;
 
@@ -44,7 +45,7 @@ BEGIN
         INSERT INTO trades (id, assetpay_id, external_id, user_id, client_steam_id, external_client_user_id, type,
                             game, status, total_price, pre_credit, pending_credit, authorized_amount, approved_amount,
                             posted, items, is_instant, error, hold_end_date)
-        VALUES (gen_random_uuid(), 'pgb-t-' || tkey, 'pgb-x-' || tkey, found_user, steam::text, user_name, 'deposit',
+        VALUES (gen_random_uuid(), 'pg1-t-' || tkey, 'pg1-x-' || tkey, found_user, steam::text, user_name, 'deposit',
                 '730', 'hold', p_total, p_pre, p_pending, NULL, NULL, 0, p_items::jsonb, true, NULL, now() + interval '7 days')
         ON CONFLICT DO NOTHING
         RETURNING * INTO trade_row;

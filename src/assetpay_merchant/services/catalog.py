@@ -14,6 +14,7 @@ cheaper listing appears within the TTL, as without the feed). `sync` drops a gam
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Hashable, Mapping
@@ -25,7 +26,7 @@ from pydantic import ValidationError
 
 from assetpay_merchant.core.money import format_money
 from assetpay_merchant.core.vocabulary import GameId, MarketSort
-from assetpay_merchant.gateway import AssetPayClient, Inventory, Item
+from assetpay_merchant.gateway import AssetPayClient, ClientIdentity, Inventory, Item
 from assetpay_merchant.gateway.feed import MarketEvent, MarketItemChanged, MarketItemRemoved, MarketSync
 from assetpay_merchant.observability import MARKET_CACHE_FEED_UPDATES
 from assetpay_merchant.services.cache import SingleFlight, TTLCache
@@ -97,9 +98,7 @@ class Catalog:
 
     async def inventory(self, user_id: str, query: InventoryQuery) -> bytes:
         """The user's inventory page as JSON: `{items, count, collateral, updatedAt}`."""
-        if self.limits is not None:
-            await self.limits.check_user(user_id, UserScope.INVENTORY)
-        user = await identity(self.database, user_id)
+        user = await self._allowed(user_id, UserScope.INVENTORY)
 
         async def load() -> Inventory:
             return await self.assetpay.inventory(
@@ -129,11 +128,9 @@ class Catalog:
         cached = self.market_cache.peek(query)
         if cached is not None:
             return cached.body
-        if self.limits is not None:
-            # Checked before joining a load in flight: a load that one user's allowance refused must not fail the
-            # other users waiting for it.
-            await self.limits.check_user(user_id, UserScope.MARKET)
-        user = await identity(self.database, user_id)  # a miss asks AssetPay with this user's client token
+        # Checked before joining a load in flight: a load that one user's allowance refused must not fail the
+        # other users waiting for it. A miss asks AssetPay with this user's client token.
+        user = await self._allowed(user_id, UserScope.MARKET)
 
         async def load() -> CachedPage:
             page = await self.assetpay.market(
@@ -151,6 +148,22 @@ class Catalog:
 
         page, _ = await self.market_cache.get(query, load)
         return page.body
+
+    async def _allowed(self, user_id: str, scope: UserScope) -> ClientIdentity:
+        """The user as AssetPay should see them, once their allowance for `scope` has taken this request.
+
+        The two are independent reads, so they run at once (each on a pooled connection): a request waits for one
+        round trip to the database, not two. A refusal of the allowance wins over any failure of the read."""
+        if self.limits is None:
+            return await identity(self.database, user_id)
+        allowed, user = await asyncio.gather(
+            self.limits.check_user(user_id, scope), identity(self.database, user_id), return_exceptions=True
+        )
+        for outcome in (allowed, user):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert isinstance(user, ClientIdentity)
+        return user
 
     def market_changed(self, event: MarketEvent) -> None:
         """Bring the cached market pages in line with what the realtime feed reports (module docstring)."""
