@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+import httpx
 import pytest
 
 from assetpay_merchant.api.deps import Resources
 from assetpay_merchant.store import ratelimits as buckets
 from assetpay_merchant.store.database import Database
+from tests.assetpay_respx import register
 from tests.ratelimits.conftest import FakeClock
 
 RATE = {"capacity": 3.0, "per_second": 0.5}  # 3 at once, then one every 2 s
@@ -98,3 +100,92 @@ async def test_idle_buckets_are_purged_and_busy_ones_kept(resources: Resources, 
 def test_a_bucket_needs_a_token_and_a_refill() -> None:
     with pytest.raises(ValueError, match="capacity"):
         asyncio.run(buckets.take(None, "x", capacity=0.5, per_second=1))  # type: ignore[arg-type]
+
+
+# -- `admit`: the user's profile, their bucket and the merchant's, in one statement ------------------------------
+
+USER_BUCKET = buckets.Bucket("user:market:u-admit", capacity=2, per_second=0.5)
+MERCHANT_BUCKET = buckets.Bucket("assetpay:market", capacity=3, per_second=0.5)
+
+
+async def admit(
+    database: Database,
+    clock: FakeClock,
+    user_id: str = "u-admit",
+    *,
+    user_bucket: buckets.Bucket | None = USER_BUCKET,
+    merchant_bucket: buckets.Bucket | None = MERCHANT_BUCKET,
+) -> buckets.Admission:
+    async with database.statements() as db:
+        return await buckets.admit(db, user_id, user_bucket=user_bucket, merchant_bucket=merchant_bucket, now=clock())
+
+
+async def tokens(database: Database, key: str) -> float | None:
+    async with database.statements() as db:
+        value = await db.fetchval("SELECT tokens FROM rate_buckets WHERE key = $1", key)
+    return float(value) if value is not None else None
+
+
+@pytest.fixture
+async def user(client: httpx.AsyncClient) -> str:
+    await register(client, "u-admit")
+    return "u-admit"
+
+
+async def test_admit_reads_the_user_and_takes_both_buckets_starting_full(
+    resources: Resources, clock: FakeClock, user: str
+) -> None:
+    first = await admit(resources.database, clock)
+    assert first.user is not None
+    assert first.user.id == user
+    assert first.user_take == buckets.Take(True, 1.0, 0.0)
+    assert first.merchant_take == buckets.Take(True, 2.0, 0.0)
+    second = await admit(resources.database, clock)
+    assert (second.user_take, second.merchant_take) == (buckets.Take(True, 0.0, 0.0), buckets.Take(True, 1.0, 0.0))
+
+
+async def test_a_user_refused_by_admit_spends_nothing_of_the_merchants_bucket(
+    resources: Resources, clock: FakeClock, user: str
+) -> None:
+    for _ in range(2):
+        assert (await admit(resources.database, clock)).user_take.taken  # type: ignore[union-attr]
+    refused = await admit(resources.database, clock)
+    assert refused.user_take == buckets.Take(False, 0.0, 2.0)
+    assert refused.merchant_take is None
+    assert await tokens(resources.database, MERCHANT_BUCKET.key) == 1.0  # only the two admitted took from it
+
+
+async def test_an_empty_merchant_bucket_refuses_after_the_user_took_their_token(
+    resources: Resources, clock: FakeClock, user: str
+) -> None:
+    for _ in range(3):
+        await take(resources.database, clock, MERCHANT_BUCKET.key)  # RATE: 3 at once, as MERCHANT_BUCKET
+    refused = await admit(resources.database, clock)
+    assert refused.user_take is not None
+    assert refused.user_take.taken
+    assert refused.merchant_take == buckets.Take(False, 0.0, 2.0)
+
+
+async def test_the_merchants_first_take_does_not_spend_the_users_allowance_twice(
+    resources: Resources, clock: FakeClock, user: str
+) -> None:
+    await admit(resources.database, clock, merchant_bucket=None)  # the user's bucket exists, the merchant's not
+    admitted = await admit(resources.database, clock)
+    assert admitted.user_take == buckets.Take(True, 0.0, 0.0)
+    assert admitted.merchant_take == buckets.Take(True, 2.0, 0.0)
+    assert await tokens(resources.database, USER_BUCKET.key) == 0.0
+
+
+async def test_admit_for_no_such_user_takes_nothing(resources: Resources, clock: FakeClock, user: str) -> None:
+    await admit(resources.database, clock)
+    assert await admit(resources.database, clock, "u-nobody") == buckets.Admission(None, None, None)
+    assert await tokens(resources.database, USER_BUCKET.key) == 1.0
+    assert await tokens(resources.database, MERCHANT_BUCKET.key) == 2.0
+
+
+async def test_admit_without_buckets_only_reads_the_user(resources: Resources, clock: FakeClock, user: str) -> None:
+    admitted = await admit(resources.database, clock, user_bucket=None, merchant_bucket=None)
+    assert admitted.user is not None
+    assert (admitted.user_take, admitted.merchant_take) == (None, None)
+    only_merchant = await admit(resources.database, clock, user_bucket=None)
+    assert only_merchant.merchant_take == buckets.Take(True, 2.0, 0.0)

@@ -277,8 +277,10 @@ class AssetPayClient:
         max_price: Decimal | None = None,
         page: int | None = None,
         limit: int | None = None,
+        prepaid: bool = False,
     ) -> Inventory:
-        """The user's Steam inventory with prices, and the instant credit (`collateral`) available now."""
+        """The user's Steam inventory with prices, and the instant credit (`collateral`) available now.
+        `prepaid`: the caller has taken the policy's token for the first request already."""
         problems: dict[str, str] = {}
         params = {"game": str(_game(game, problems))}
         if refresh:
@@ -294,7 +296,9 @@ class AssetPayClient:
         params.update(_positive("limit", limit, problems))
         if problems:
             raise invalid(problems)
-        answer = await self._call("inventory", "GET", "/client/inventory", user=user, params=params, idempotent=True)
+        answer = await self._call(
+            "inventory", "GET", "/client/inventory", user=user, params=params, idempotent=True, prepaid=prepaid
+        )
         return self._parse(Inventory, answer)
 
     async def market(
@@ -308,8 +312,9 @@ class AssetPayClient:
         max_price: Decimal | None = None,
         page: int | None = None,
         per_page: int | None = None,
+        prepaid: bool = False,
     ) -> MarketPage:
-        """One page of market listings the user can buy."""
+        """One page of market listings the user can buy. `prepaid`: as for `inventory`."""
         problems: dict[str, str] = {}
         params = {"game": str(_game(game, problems))}
         if search:
@@ -325,7 +330,9 @@ class AssetPayClient:
         params.update(_positive("perPage", per_page, problems))
         if problems:
             raise invalid(problems)
-        answer = await self._call("market", "GET", "/client/market", user=user, params=params, idempotent=True)
+        answer = await self._call(
+            "market", "GET", "/client/market", user=user, params=params, idempotent=True, prepaid=prepaid
+        )
         return self._parse(MarketPage, answer)
 
     async def get_trades(self, refs: Sequence[str]) -> list[Trade]:
@@ -560,15 +567,18 @@ class AssetPayClient:
         params: Mapping[str, str] | None = None,
         content: bytes | None = None,
         idempotent: bool,
+        prepaid: bool = False,
     ) -> _Answer:
-        """Send until there is an answer: retry where allowed, renew the client token once on INVALID_TOKEN."""
+        """Send until there is an answer: retry where allowed, renew the client token once on INVALID_TOKEN.
+        `prepaid`: the policy's token for the first request was taken by the caller (every later one asks)."""
         renewed = False
         attempt = 1
         route = _ROUTE_CLASSES.get(operation, RouteClass.OTHER)
         while True:
             headers = await self._credentials(user)
-            if self._policy is not None:
+            if self._policy is not None and not prepaid:
                 await self._policy.before_request(route)  # every request counts against AssetPay's limit
+            prepaid = False  # a retry or a replay is a request of its own
             outcome = await self._send(
                 operation, method, path, headers=headers, params=params, content=content, write=not idempotent
             )

@@ -40,6 +40,10 @@ class SingleFlight(Generic[T]):
         if not task.cancelled():
             task.exception()  # marks it retrieved: every waiter has had its chance to see it
 
+    def running(self, key: Hashable) -> bool:
+        """A call for `key` is under way (a caller now would share it)."""
+        return key in self._inflight
+
     @property
     def in_flight(self) -> int:
         return len(self._inflight)
@@ -79,6 +83,10 @@ class TTLCache(Generic[T]):
         """The cached value while fresh, without loading anything."""
         entry = self._entries.get(key)
         return entry[1] if entry is not None and entry[0] > self._clock() else None
+
+    def loading(self, key: Hashable) -> bool:
+        """A load of `key` is under way (a miss now would share it)."""
+        return self._flights.running(key)
 
     async def get(self, key: Hashable, loader: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """`(value, hit)`: the cached value while fresh, else the loader's (shared with concurrent misses)."""

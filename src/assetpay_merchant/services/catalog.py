@@ -14,7 +14,6 @@ cheaper listing appears within the TTL, as without the feed). `sync` drops a gam
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Hashable, Mapping
@@ -24,17 +23,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from assetpay_merchant.core.errors import NotFound
 from assetpay_merchant.core.money import format_money
 from assetpay_merchant.core.vocabulary import GameId, MarketSort
 from assetpay_merchant.gateway import AssetPayClient, ClientIdentity, Inventory, Item
+from assetpay_merchant.gateway.client import RouteClass
 from assetpay_merchant.gateway.feed import MarketEvent, MarketItemChanged, MarketItemRemoved, MarketSync
 from assetpay_merchant.observability import MARKET_CACHE_FEED_UPDATES
 from assetpay_merchant.services.cache import SingleFlight, TTLCache
 from assetpay_merchant.services.ratelimits import RateLimits, UserScope
-from assetpay_merchant.services.users import identity
+from assetpay_merchant.services.users import USER_NOT_FOUND, identity, identity_of
 from assetpay_merchant.store.database import Database
 
 log = logging.getLogger(__name__)
+
+ROUTE_OF = {UserScope.INVENTORY: RouteClass.INVENTORY, UserScope.MARKET: RouteClass.MARKET}
+"""The AssetPay route class a catalog request of each scope leads to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +98,13 @@ class Catalog:
     market_cache: TTLCache[CachedPage]
     inventory_flights: SingleFlight[Inventory] = field(default_factory=SingleFlight)
     limits: RateLimits | None = None
-    """Each user's allowance of inventory requests and market misses (None: unlimited)."""
+    """Each user's allowance of inventory requests and market misses (None: unlimited); the same object is the
+    AssetPay client's policy, whose merchant token a miss takes in the same statement."""
 
     async def inventory(self, user_id: str, query: InventoryQuery) -> bytes:
         """The user's inventory page as JSON: `{items, count, collateral, updatedAt}`."""
-        user = await self._allowed(user_id, UserScope.INVENTORY)
+        key = (user_id, query)
+        user, prepaid = await self._admitted(user_id, UserScope.INVENTORY, self.inventory_flights.running(key))
 
         async def load() -> Inventory:
             return await self.assetpay.inventory(
@@ -111,9 +117,10 @@ class Catalog:
                 max_price=query.max_price,
                 page=query.page,
                 limit=query.limit,
+                prepaid=prepaid,
             )
 
-        result = await self.inventory_flights.run((user_id, query), load)
+        result = await self.inventory_flights.run(key, load)
         return render(
             {
                 "items": [render_item(item) for item in result.items],
@@ -130,7 +137,7 @@ class Catalog:
             return cached.body
         # Checked before joining a load in flight: a load that one user's allowance refused must not fail the
         # other users waiting for it. A miss asks AssetPay with this user's client token.
-        user = await self._allowed(user_id, UserScope.MARKET)
+        user, prepaid = await self._admitted(user_id, UserScope.MARKET, self.market_cache.loading(query))
 
         async def load() -> CachedPage:
             page = await self.assetpay.market(
@@ -142,6 +149,7 @@ class Catalog:
                 max_price=query.max_price,
                 page=query.page,
                 per_page=query.per_page,
+                prepaid=prepaid,
             )
             # Kept rendered: a cache hit costs no conversion at all.
             return CachedPage.of(tuple(page.items), page.count)
@@ -149,21 +157,23 @@ class Catalog:
         page, _ = await self.market_cache.get(query, load)
         return page.body
 
-    async def _allowed(self, user_id: str, scope: UserScope) -> ClientIdentity:
-        """The user as AssetPay should see them, once their allowance for `scope` has taken this request.
+    async def _admitted(self, user_id: str, scope: UserScope, sharing: bool) -> tuple[ClientIdentity, bool]:
+        """The user as AssetPay should see them, once their allowance for `scope` has taken this request; and
+        whether the merchant's token for the AssetPay request was taken too (`prepaid`).
 
-        The two are independent reads, so they run at once (each on a pooled connection): a request waits for one
-        round trip to the database, not two. A refusal of the allowance wins over any failure of the read."""
+        One statement does all three (services/ratelimits.py `admit`), so a request waits for one round trip to the
+        database before AssetPay is asked, not two. `sharing`: a load of the same answer is under way, which this
+        request will most likely join, so no merchant token is taken for it (the load in flight has its own). When
+        such a load ends between the statement and joining, this request's load asks the budget when it sends;
+        when one starts in between, the token taken is spent without a request (the budget errs on the safe side).
+        """
         if self.limits is None:
-            return await identity(self.database, user_id)
-        allowed, user = await asyncio.gather(
-            self.limits.check_user(user_id, scope), identity(self.database, user_id), return_exceptions=True
-        )
-        for outcome in (allowed, user):
-            if isinstance(outcome, BaseException):
-                raise outcome
-        assert isinstance(user, ClientIdentity)
-        return user
+            return await identity(self.database, user_id), False
+        route = None if sharing else ROUTE_OF[scope]
+        user = await self.limits.admit(user_id, scope, route)
+        if user is None:
+            raise NotFound(USER_NOT_FOUND, key="USER_NOT_FOUND")
+        return identity_of(user), route is not None and self.limits.rate(route) is not None
 
     def market_changed(self, event: MarketEvent) -> None:
         """Bring the cached market pages in line with what the realtime feed reports (module docstring)."""

@@ -39,6 +39,7 @@ from assetpay_merchant.gateway.errors import SETUP_ERRORS as SETUP_FIXES
 from assetpay_merchant.observability import RATE_BUDGET_TOKENS, RATE_LIMITED, SETUP_ERROR_LAST_SEEN, SETUP_ERRORS
 from assetpay_merchant.store import ratelimits as buckets
 from assetpay_merchant.store.database import Connection, Database
+from assetpay_merchant.store.users import UserRow
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +248,10 @@ class RateLimits:
             taken = await buckets.take(
                 db, MERCHANT_PREFIX + route, capacity=rate.capacity, per_second=rate.per_second, now=self._now()
             )
+        self._spent(route, taken)
+
+    def _spent(self, route: RouteClass, taken: buckets.Take) -> None:
+        """Note what a take of the merchant's bucket left; refuse the request unsent when it found no token."""
         RATE_BUDGET_TOKENS.labels(route.value).set(taken.tokens)
         if taken.taken:
             return
@@ -312,6 +317,10 @@ class RateLimits:
                 taken = await buckets.take(
                     own, key, capacity=rate.capacity, per_second=rate.per_second, now=self._now()
                 )
+        self._counted(scope, rate, taken)
+
+    def _counted(self, scope: UserScope, rate: Rate, taken: buckets.Take) -> None:
+        """Refuse the request when the take of the user's allowance found no token."""
         if taken.taken:
             return
         RATE_LIMITED.labels(scope.value, "user").inc()
@@ -321,6 +330,39 @@ class RateLimits:
             key="TOO_MANY_REQUESTS",
             retry_after=taken.retry_after,
         )
+
+    # -- both at once, with the user's profile -----------------------------------------------------------------
+
+    async def admit(self, user_id: str, scope: UserScope, route: RouteClass | None) -> UserRow | None:
+        """The user's profile, read in the one statement that counts this request against their allowance for
+        `scope` and, with `route`, then takes the merchant's token for the AssetPay request it leads to (which the
+        caller sends as prepaid, without `before_request`). None: no such user, and nothing was taken.
+
+        Refused as `check_user` and `before_request` refuse; a request the user's allowance refuses spends nothing
+        of the merchant's budget."""
+        user_rate = self._users.get(scope)
+        merchant_rate = self._merchant.get(route) if route is not None else None
+        user_bucket = (
+            buckets.Bucket(f"{USER_PREFIX}{scope}:{user_id}", user_rate.capacity, user_rate.per_second)
+            if user_rate is not None
+            else None
+        )
+        merchant_bucket = (
+            buckets.Bucket(MERCHANT_PREFIX + route, merchant_rate.capacity, merchant_rate.per_second)
+            if route is not None and merchant_rate is not None
+            else None
+        )
+        async with self._database.statements() as db:
+            admission = await buckets.admit(
+                db, user_id, user_bucket=user_bucket, merchant_bucket=merchant_bucket, now=self._now()
+            )
+        if admission.user_take is not None:
+            assert user_rate is not None
+            self._counted(scope, user_rate, admission.user_take)
+        if admission.merchant_take is not None:
+            assert route is not None
+            self._spent(route, admission.merchant_take)
+        return admission.user
 
     async def purge_idle_users(self, *, idle_for: timedelta = timedelta(hours=1)) -> int:
         """Delete the allowances of users idle for `idle_for` (full again by then, so nothing changes)."""

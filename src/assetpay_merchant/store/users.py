@@ -20,7 +20,7 @@ class UserRow:
     updated_at: datetime
 
 
-_COLUMNS = "id, steam_id, trade_url, client_data::text AS client_data, created_at, updated_at"
+COLUMNS = "id, steam_id, trade_url, client_data::text AS client_data, created_at, updated_at"
 _STEAM_OWNER = "SELECT id FROM users WHERE steam_id = $1 AND id <> $2"
 _UPSERT = f"""
 INSERT INTO users (id, steam_id, trade_url, client_data) VALUES ($1, $2, $3, coalesce($4::text::jsonb, '{{}}'))
@@ -29,13 +29,14 @@ ON CONFLICT (id) DO UPDATE SET
     trade_url = excluded.trade_url,
     client_data = coalesce($4::text::jsonb, users.client_data),
     updated_at = now()
-RETURNING {_COLUMNS}, xmax = 0 AS created
+RETURNING {COLUMNS}, xmax = 0 AS created
 """  # noqa: S608 (constant column names)
-_GET = f"SELECT {_COLUMNS} FROM users WHERE id = $1"  # noqa: S608 (constant column names)
+_GET = f"SELECT {COLUMNS} FROM users WHERE id = $1"  # noqa: S608 (constant column names)
 _LOCK = f"{_GET} FOR UPDATE"
 
 
-def _row(record: Any) -> UserRow:
+def row_of(record: Any) -> UserRow:
+    """A profile from a record of `COLUMNS`."""
     values = dict(record)
     values.pop("created", None)
     values["client_data"] = json.loads(values["client_data"])
@@ -55,9 +56,9 @@ async def upsert(
         _UPSERT, user_id, steam_id, trade_url, json.dumps(client_data) if client_data is not None else None
     )
     assert record is not None
-    return _row(record), bool(record["created"])  # a row that was inserted, not updated, has no xmax
+    return row_of(record), bool(record["created"])  # a row that was inserted, not updated, has no xmax
 
 
 async def get(db: Connection, user_id: str, *, lock: bool = False) -> UserRow | None:
     record = await db.fetchrow(_LOCK if lock else _GET, user_id)
-    return _row(record) if record is not None else None
+    return row_of(record) if record is not None else None
