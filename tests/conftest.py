@@ -16,6 +16,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import NullPool
 
@@ -128,8 +129,16 @@ async def _empty_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     engine = create_engine(request.getfixturevalue("database_url"), poolclass=NullPool)
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     try:
-        async with engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for attempt in range(5):
+            try:
+                async with engine.begin() as connection:
+                    await connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+                break
+            except DBAPIError as exc:
+                # The session app's own jobs (metrics gauges, rate-bucket purge) read these tables: TRUNCATE taking
+                # its locks table by table can deadlock with them. PostgreSQL cancels one side; take the turn again.
+                if "deadlock" not in str(exc) or attempt == 4:
+                    raise
     finally:
         await engine.dispose()
 

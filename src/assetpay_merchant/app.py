@@ -257,7 +257,6 @@ def create_app(
             purge_periodically(database, retention=timedelta(hours=settings.event_retention_hours)), name="purge"
         )
         catalog = Catalog(database, assetpay, TTLCache(settings.market_cache_ttl_seconds), limits=limits)
-        app.state.rate_limits = limits  # the trading routes' user allowances, /readyz's setup warnings
         purge_buckets = asyncio.create_task(limits.purge_periodically(), name="purge-rate-buckets")
         app.state.resources = Resources(
             settings=web_settings(settings),
@@ -266,6 +265,7 @@ def create_app(
             catalog=catalog,
             hub=hub,
             verify_user_token=verify_user_token,
+            rate_limits=limits,
         )
         try:
             async with contextlib.AsyncExitStack() as stack:

@@ -43,7 +43,7 @@ Install = Callable[..., RateLimits]
 @pytest.fixture
 def install_limits(app: FastAPI, resources: Resources, clock: FakeClock) -> Iterator[Install]:
     """`install_limits(merchant={...}, users={...})`: the app's rate limits, on the fake clock, for this test."""
-    originals = resources.assetpay._policy, resources.catalog.limits, app.state.rate_limits
+    originals = resources.assetpay._policy, resources.catalog.limits, resources.rate_limits
 
     def install(
         *, merchant: Mapping[RouteClass, Rate] | None = None, users: Mapping[UserScope, Rate] | None = None
@@ -57,8 +57,8 @@ def install_limits(app: FastAPI, resources: Resources, clock: FakeClock) -> Iter
         )
         resources.assetpay._policy = limits
         resources.catalog.limits = limits
-        app.state.rate_limits = limits
+        resources.rate_limits = limits
         return limits
 
     yield install
-    resources.assetpay._policy, resources.catalog.limits, app.state.rate_limits = originals
+    resources.assetpay._policy, resources.catalog.limits, resources.rate_limits = originals

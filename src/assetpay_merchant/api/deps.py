@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from assetpay_merchant.gateway import AssetPayClient
 from assetpay_merchant.services.catalog import Catalog
 from assetpay_merchant.services.live import Hub
+from assetpay_merchant.services.ratelimits import RateLimits
 from assetpay_merchant.store.database import Database
 
 
@@ -46,6 +47,8 @@ class Resources:
     verify_user_token: Callable[[str], str]
     """The end user's id from their bearer token; raises Unauthorized."""
     clock: Callable[[], datetime] = field(default=utc_now)
+    rate_limits: RateLimits | None = None
+    """The users' allowances and the merchant's AssetPay budget (the trading routes, /readyz's setup warnings)."""
 
 
 def resources_of(request: Request) -> Resources:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -12,7 +12,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from assetpay_merchant.api.deps import ResourcesDep
 from assetpay_merchant.api.schemas import error
 from assetpay_merchant.observability import METRICS_CONTENT_TYPE, exposition
-from assetpay_merchant.services.ratelimits import RateLimits
 from assetpay_merchant.store.schema_version import HEAD_REVISION
 
 log = logging.getLogger(__name__)
@@ -32,7 +31,7 @@ async def healthz() -> dict[str, str]:
     "can, and restarting it or routing around it would fix nothing.",
     responses={503: error("DATABASE_UNAVAILABLE or MIGRATIONS_PENDING: not ready to serve")},
 )
-async def readyz(request: Request, resources: ResourcesDep) -> JSONResponse:
+async def readyz(resources: ResourcesDep) -> JSONResponse:
     expected = HEAD_REVISION
     try:
         async with resources.database.engine.connect() as connection:
@@ -43,7 +42,7 @@ async def readyz(request: Request, resources: ResourcesDep) -> JSONResponse:
     if current != expected:
         return _not_ready("MIGRATIONS_PENDING", f"Database is at {current}, code expects {expected}")
     body: dict[str, object] = {"status": "ready", "database": "ok", "migration": current}
-    limits: RateLimits | None = getattr(request.app.state, "rate_limits", None)
+    limits = resources.rate_limits
     warnings = limits.setup.warnings() if limits is not None else []
     if warnings:
         body["warnings"] = warnings

@@ -304,7 +304,7 @@ async def _create(
             order=order,
             claim=claim,
             now=now,
-            limits=getattr(request.app.state, "rate_limits", None),
+            limits=resources.rate_limits,
         )
     except Exception as error:
         if claim is not None:
