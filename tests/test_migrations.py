@@ -108,6 +108,19 @@ async def test_models_and_migrated_schema_do_not_differ(migrated: AsyncEngine) -
     await asyncio.to_thread(command.check, migrate.alembic_config(url))
 
 
+async def test_only_the_rate_buckets_are_unlogged_as_the_models_say(migrated: AsyncEngine) -> None:
+    """Alembic's comparison does not look at persistence: an unlogged table holding money would pass it."""
+    async with migrated.connect() as connection:
+        rows = await connection.execute(
+            text(
+                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relpersistence = 'u'"
+            )
+        )
+        unlogged = {name for (name,) in rows}
+    assert unlogged == {"rate_buckets"}
+    assert unlogged == {table.name for table in Base.metadata.sorted_tables if "UNLOGGED" in table._prefixes}
+
+
 async def _ledger_entry(migrated: AsyncEngine) -> str:
     """A user with one ledger entry, committed; returns the user id."""
     user_id = f"user-{uuid.uuid4().hex[:8]}"

@@ -146,6 +146,10 @@ def create_engine(
     elif timeouts is not None and timeouts.server_settings():
         connect_args["server_settings"] = timeouts.server_settings()
     connect_args |= kwargs.pop("connect_args", {})
+    if "poolclass" not in kwargs:
+        # Lend the connection returned last: under light load the same few stay in use (no liveness ping, the
+        # server's backends warm) while the rest age, where FIFO would rotate through all of them and ping each.
+        kwargs.setdefault("pool_use_lifo", True)
     engine = create_async_engine(async_url(url), connect_args=connect_args, **kwargs)
     _liveness(engine)
     return engine

@@ -244,9 +244,11 @@ class IdempotencyKey(Base):
 
 class RateBucket(Base):
     """A token bucket shared by every process: the merchant's AssetPay budget per route, or one user's allowance
-    (store/ratelimits.py). Refilled lazily from `updated_at`; a missing row is a full bucket."""
+    (store/ratelimits.py). Refilled lazily from `updated_at`; a missing row is a full bucket, which is why the table
+    is UNLOGGED (migration 0006): a take waits for no WAL flush, and a crash that empties it only refills the buckets."""
 
     __tablename__ = "rate_buckets"
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     tokens: Mapped[float] = mapped_column(Double)
