@@ -113,7 +113,8 @@ async def test_only_the_rate_buckets_are_unlogged_as_the_models_say(migrated: As
     async with migrated.connect() as connection:
         rows = await connection.execute(
             text(
-                "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relpersistence = 'u'"
+                "SELECT relname FROM pg_class "
+                "WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND relpersistence = 'u'"
             )
         )
         unlogged = {name for (name,) in rows}

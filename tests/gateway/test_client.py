@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from assetpay_merchant.core.vocabulary import GameId
 from assetpay_merchant.gateway import (
@@ -26,6 +26,7 @@ from assetpay_merchant.gateway import (
     AssetPayError,
     ClientIdentity,
     DepositItem,
+    Item,
     OutcomeUnknown,
     RetryPolicy,
     WithdrawItem,
@@ -272,6 +273,13 @@ async def test_inventory_sends_documented_query_and_parses_exact_money(assetpay,
     assert inventory.count == 2
     assert [i.price for i in inventory.items] == [Decimal("10.75"), Decimal("0.03")]
     assert inventory.items[0].market_hash_name == "AK-47 | Redline (Field-Tested)"
+
+
+def test_item_ids_sent_as_numbers_become_text_and_a_boolean_is_refused():
+    item = Item.model_validate({"id": 4217, "assetId": 31337000042, "itemId": "730_1", "name": 1995})
+    assert (item.id, item.asset_id, item.name) == ("4217", "31337000042", "1995")
+    with pytest.raises(ValidationError):
+        Item.model_validate({"id": True})
 
 
 async def test_inventory_defaults_send_only_the_game(assetpay, fake):

@@ -14,9 +14,8 @@ CENT = Decimal("0.01")
 
 def format_money(amount: Decimal) -> str:
     """`Decimal("60")` → `"60.00"`; sub-cent amounts keep their digits (`"0.035"`), never rounded away."""
-    if amount == amount.quantize(CENT):
-        return f"{amount.quantize(CENT):f}"
-    return f"{amount.normalize():f}"
+    cents = amount.quantize(CENT)
+    return f"{cents:f}" if cents == amount else f"{amount.normalize():f}"
 
 
 def fits_money_column(amount: Decimal) -> bool:

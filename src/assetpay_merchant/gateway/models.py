@@ -50,7 +50,12 @@ class ItemOffer(_Result):
 
 
 class Item(_Result):
-    """An inventory item, market listing or trade item (fields not listed here stay in `model_extra`)."""
+    """An inventory item, market listing or trade item (fields not listed here stay in `model_extra`).
+
+    A page holds up to 500 of them, so ids sent as JSON numbers become text in pydantic's own code
+    (`coerce_numbers_to_str`), not in a Python validator called twice per item."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, coerce_numbers_to_str=True)
 
     id: str
     item_id: str | None = Field(default=None, alias="itemId")
@@ -66,11 +71,6 @@ class Item(_Result):
     error: str | None = None
     market_price: Decimal | None = Field(default=None, alias="marketPrice")
     offer: ItemOffer | None = None
-
-    @field_validator("id", "asset_id", mode="before")
-    @classmethod
-    def _text(cls, value: Any) -> Any:
-        return _text_id(value)
 
     @property
     def price(self) -> Decimal | None:

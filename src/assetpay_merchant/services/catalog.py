@@ -19,6 +19,7 @@ import logging
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from pydantic import ValidationError
@@ -64,7 +65,7 @@ class MarketQuery:
     per_page: int = 50
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class CachedPage:
     """A market page as AssetPay answered it (the items, to patch them when the feed reports a change) and as we
     serve it (`body`, rendered once)."""
@@ -73,14 +74,17 @@ class CachedPage:
     rendered: tuple[dict[str, Any], ...]
     count: int
     body: bytes
-    ids: frozenset[str]
-    """Every listing `id` and catalog `itemId` on the page."""
 
     @classmethod
     def of(cls, items: tuple[Item, ...], count: int, rendered: tuple[dict[str, Any], ...] | None = None) -> CachedPage:
         shown = rendered if rendered is not None else tuple(render_item(item) for item in items)
-        ids = frozenset({item.id for item in items} | {item.item_id for item in items if item.item_id})
-        return cls(items, shown, count, render({"items": list(shown), "count": count}), ids)
+        return cls(items, shown, count, render({"items": list(shown), "count": count}))
+
+    @cached_property
+    def ids(self) -> frozenset[str]:
+        """Every listing `id` and catalog `itemId` on the page: worked out when the feed first asks, since most
+        pages leave the cache before any change names one of their listings."""
+        return frozenset({item.id for item in self.items} | {item.item_id for item in self.items if item.item_id})
 
     def position(self, listing_id: str) -> int | None:
         return next((n for n, item in enumerate(self.items) if item.id == listing_id), None)

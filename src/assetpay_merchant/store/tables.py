@@ -244,8 +244,8 @@ class IdempotencyKey(Base):
 
 class RateBucket(Base):
     """A token bucket shared by every process: the merchant's AssetPay budget per route, or one user's allowance
-    (store/ratelimits.py). Refilled lazily from `updated_at`; a missing row is a full bucket, which is why the table
-    is UNLOGGED (migration 0006): a take waits for no WAL flush, and a crash that empties it only refills the buckets."""
+    (store/ratelimits.py). Refilled lazily from `updated_at`; a missing row is a full bucket, which is why the
+    table is UNLOGGED (migration 0006): a take waits for no WAL flush, and a crash that empties it refills them."""
 
     __tablename__ = "rate_buckets"
     __table_args__ = {"prefixes": ["UNLOGGED"]}
