@@ -49,6 +49,14 @@ USER_PREFIX = "user:"
 MERCHANT_PREFIX = "assetpay:"
 
 
+def _user_key(scope: UserScope, user_id: str) -> str:
+    return f"{USER_PREFIX}{scope}:{user_id}"
+
+
+def _merchant_key(route: RouteClass) -> str:
+    return MERCHANT_PREFIX + route
+
+
 class Tier(StrEnum):
     UNVERIFIED = "unverified"
     VERIFIED = "verified"
@@ -246,7 +254,7 @@ class RateLimits:
             return
         async with self._database.statements() as db:  # one autocommit statement: no transaction stays open
             taken = await buckets.take(
-                db, MERCHANT_PREFIX + route, capacity=rate.capacity, per_second=rate.per_second, now=self._now()
+                db, _merchant_key(route), capacity=rate.capacity, per_second=rate.per_second, now=self._now()
             )
         self._spent(route, taken)
 
@@ -292,7 +300,7 @@ class RateLimits:
         async with self._database.statements() as db:
             tokens = await buckets.drain(
                 db,
-                MERCHANT_PREFIX + route,
+                _merchant_key(route),
                 capacity=rate.capacity,
                 per_second=rate.per_second,
                 seconds=seconds,
@@ -309,7 +317,7 @@ class RateLimits:
         rate = self._users.get(scope)
         if rate is None:
             return
-        key = f"{USER_PREFIX}{scope}:{user_id}"
+        key = _user_key(scope, user_id)
         if db is not None:
             taken = await buckets.take(db, key, capacity=rate.capacity, per_second=rate.per_second, now=self._now())
         else:
@@ -343,12 +351,12 @@ class RateLimits:
         user_rate = self._users.get(scope)
         merchant_rate = self._merchant.get(route) if route is not None else None
         user_bucket = (
-            buckets.Bucket(f"{USER_PREFIX}{scope}:{user_id}", user_rate.capacity, user_rate.per_second)
+            buckets.Bucket(_user_key(scope, user_id), user_rate.capacity, user_rate.per_second)
             if user_rate is not None
             else None
         )
         merchant_bucket = (
-            buckets.Bucket(MERCHANT_PREFIX + route, merchant_rate.capacity, merchant_rate.per_second)
+            buckets.Bucket(_merchant_key(route), merchant_rate.capacity, merchant_rate.per_second)
             if route is not None and merchant_rate is not None
             else None
         )

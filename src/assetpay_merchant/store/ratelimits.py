@@ -104,6 +104,10 @@ class Take:
     tokens: float
     retry_after: float
 
+    @classmethod
+    def found(cls, taken: bool, tokens: float, per_second: float) -> Take:
+        return cls(True, tokens, 0.0) if taken else cls(False, tokens, (1 - tokens) / per_second)
+
 
 async def take(db: Connection, key: str, *, capacity: float, per_second: float, now: datetime | None = None) -> Take:
     """Take one token from the bucket `key` if it has one, atomically; a bucket never used before starts full."""
@@ -114,10 +118,7 @@ async def take(db: Connection, key: str, *, capacity: float, per_second: float, 
         await db.execute(_CREATE, key, float(capacity), now)
         row = await db.fetchrow(_TAKE, key, capacity, per_second, now)
         assert row is not None
-    tokens = float(row["tokens"])
-    if row["taken"]:
-        return Take(True, tokens, 0.0)
-    return Take(False, tokens, (1 - tokens) / per_second)
+    return Take.found(bool(row["taken"]), float(row["tokens"]), per_second)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,9 +194,8 @@ def _outcome(taken: float | None, found: float | None, bucket: Bucket | None) ->
     if bucket is None:
         return None
     if taken is not None:
-        return Take(True, float(taken), 0.0)
-    tokens = float(found) if found is not None else 0.0
-    return Take(False, tokens, (1 - tokens) / bucket.per_second)
+        return Take.found(True, float(taken), bucket.per_second)
+    return Take.found(False, float(found) if found is not None else 0.0, bucket.per_second)
 
 
 async def drain(
